@@ -1,0 +1,17 @@
+"""cnnzip: shrink a trained CNN image classifier to the smallest model that still meets your accuracy target."""
+
+from .errors import CnnzipError, ConfigError, DataError, ModelError
+from .measure import Evaluator, count_macs, count_nonzero, count_parameters, footprint, measure_latency
+from .modelfile import ModelMeta, load_any, load_model, save_model
+from .models import create_model, list_models, load_weights
+from .train import TrainConfig, TrainHook, fit, select_device
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CnnzipError", "ConfigError", "DataError", "ModelError",
+    "Evaluator", "count_macs", "count_nonzero", "count_parameters", "footprint", "measure_latency",
+    "ModelMeta", "load_any", "load_model", "save_model",
+    "create_model", "list_models", "load_weights",
+    "TrainConfig", "TrainHook", "fit", "select_device",
+]

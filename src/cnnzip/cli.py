@@ -1,0 +1,347 @@
+"""The `cnnzip` command: a thin layer over the Python API.
+
+User mistakes (a wrong path, a checkpoint that does not fit, a bad setting) print one line that says what to do,
+with no traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import CnnzipError, ConfigError
+
+EPILOG_TRAIN = """examples:
+  cnnzip train                                   # small CNN on scikit-learn digits, no download
+  cnnzip train --model resnet20 --weights ../shared/models/resnet20-12fca82f.th --norm imagenet \\
+      --data ../shared/datasets/cifar10-jpeg.tar.gz --epochs 1 --out runs/resnet20-ft
+Rerunning the same command with the same --out resumes a killed run from its last finished epoch."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CnnzipError as exc:
+        print(f"cnnzip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnzip: interrupted. Rerun the same command to resume from the last checkpoint.", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnzip", description="Shrink a trained CNN classifier to the smallest "
+                                "model that still meets your accuracy target.")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list the architectures in the model zoo",
+                       description="List the model zoo's architectures (names for --model).")
+    s.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*'")
+    s.add_argument("--details", action="store_true", help="also print parameters and MACs (10 classes, 32x32)")
+    s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser("demo", help="train a small CNN on scikit-learn digits (no download) and report it",
+                       description="The self-contained demo: trains a small CNN on scikit-learn's digits and "
+                       "prints its accuracy and footprint. Needs no download and no data files.")
+    s.add_argument("--epochs", type=int, default=15)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=None, help="also save the model file here")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("train", help="train or fine-tune a model (resumable)", epilog=EPILOG_TRAIN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a zoo model from scratch, or fine-tune it from weights, with SGD and a "
+                       "cosine schedule. Writes OUT/checkpoint.pt every epoch, then OUT/model.pt (a cnnzip model "
+                       "file) and OUT/metrics.json, and reports the test accuracy once at the end.")
+    _add_data_args(s)
+    s.add_argument("--model", default=None, help="architecture (see `cnnzip models`); default: small_cnn")
+    s.add_argument("--width", type=float, default=None, help="width multiplier (VGG, ResNet, DenseNet, MobileNetV2)")
+    s.add_argument("--weights", type=Path, default=None, help="start from these weights (cnnzip model file, "
+                   "state dict, or checkpoint such as ../shared/models/resnet56-4bfd9763.th)")
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.1 from scratch, "
+                   "0.01 when fine-tuning)")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--weight-decay", type=float, default=5e-4)
+    s.add_argument("--momentum", type=float, default=0.9)
+    s.add_argument("--warmup-epochs", type=float, default=0.0)
+    s.add_argument("--no-augment", action="store_true", help="turn off random crop and flip")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
+    s.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out and start over")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("eval", help="accuracy of a model on a dataset split",
+                       description="Accuracy of a model file or of raw weights (with --model) on a split. "
+                       "With --target, also the pass/fail verdict, computed with the exact early exit.")
+    s.add_argument("model_path", type=Path, metavar="MODEL", help="cnnzip model file or raw weights")
+    s.add_argument("--model", default=None, help="architecture for raw weights (see `cnnzip models`)")
+    _add_data_args(s)
+    s.add_argument("--split", choices=["test", "val", "train"], default="test")
+    s.add_argument("--target", type=float, default=None, help="target accuracy in [0, 1]: stop as soon as the "
+                   "verdict is certain and report it")
+    s.add_argument("--batch-size", type=int, default=500)
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("info", help="parameters, MACs, size and CPU latency of a model",
+                       description="Footprint of a zoo architecture (by name) or of a model file: parameters, "
+                       "nonzero parameters, MACs, bytes, and latency at the given batch sizes.")
+    s.add_argument("target", metavar="MODEL", help="zoo name (e.g. resnet56) or path to a model file/weights")
+    s.add_argument("--model", default=None, help="architecture for raw weights")
+    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--width", type=float, default=None)
+    s.add_argument("--input-shape", default=None, help="C,H,W (default 3,32,32 or the model file's)")
+    s.add_argument("--batch-sizes", default="1,256", help="latency batch sizes, comma-separated (default 1,256)")
+    s.add_argument("--repeats", type=int, default=20)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_cmd_info)
+    return p
+
+
+def _add_data_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", default="digits", help="digits (default, bundled), cifar10:ROOT, cifar100:ROOT, or "
+                   "an image-folder tree / .tar.gz such as ../shared/datasets/cifar10-jpeg.tar.gz")
+    s.add_argument("--norm", default=None, help="input normalisation: 'dataset' (mean/std of the training images, "
+                   "the default for new models), 'imagenet' (what the ../shared ResNets were trained with), or "
+                   "'m1,m2,m3:s1,s2,s3'. A cnnzip model file carries its own.")
+    s.add_argument("--val-size", type=float, default=None, help="training images held out for validation: a "
+                   "count or a fraction (default 5000, or 10%% for small datasets)")
+    s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+
+
+# ---------------------------------------------------------------- commands
+
+def _cmd_models(args) -> int:
+    from .measure import count_macs, count_parameters
+    from .models import create_model, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ConfigError(f"no model matches {args.pattern!r}; run `cnnzip models` to see them all")
+    for name in names:
+        if args.details:
+            m = create_model(name, num_classes=10)
+            shape = (1, 8, 8) if name == "small_cnn" else (3, 32, 32)
+            if name == "small_cnn":
+                m = create_model(name, num_classes=10, in_channels=1)
+            print(f"{name:<18} {count_parameters(m) / 1e6:8.3f}M params {count_macs(m, shape) / 1e6:9.1f}M MACs")
+        else:
+            print(name)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .data import Loader, load_digits, train_val_split
+    from .measure import Evaluator, footprint, measure_latency
+    from .modelfile import ModelMeta, save_model
+    from .models import create_model
+    from .train import TrainConfig, fit
+
+    ds = load_digits()
+    train, val = train_val_split(ds.train, val_size=0.1, seed=args.seed)
+    torch_seed(args.seed)
+    model = create_model("small_cnn", num_classes=ds.num_classes, in_channels=ds.in_channels)
+    config = TrainConfig(epochs=args.epochs, lr=0.05, weight_decay=5e-4, seed=args.seed)
+    batches = Loader(train, 64, shuffle=True, augment=False, mean=ds.mean, std=ds.std, seed=args.seed)
+    started = time.perf_counter()
+    fit(model, batches, config, progress=False, device="cpu")
+    seconds = time.perf_counter() - started
+    val_acc = Evaluator(Loader(val, 500, mean=ds.mean, std=ds.std)).evaluate(model).accuracy
+    test_acc = Evaluator(Loader(ds.test, 500, mean=ds.mean, std=ds.std)).evaluate(model).accuracy
+    fp = footprint(model, (ds.in_channels, *ds.image_size))
+    lat = measure_latency(model, (ds.in_channels, *ds.image_size), 1, repeats=50)
+    print(f"small_cnn on scikit-learn digits ({len(train)} train / {len(val)} val / {len(ds.test)} test images), "
+          f"{args.epochs} epochs in {seconds:.1f} s")
+    print(f"  validation accuracy {val_acc:.2%}   test accuracy {test_acc:.2%}")
+    print(f"  parameters {fp.parameters:,}   MACs {fp.macs:,}   fp32 file {fp.saved_bytes:,} bytes   "
+          f"latency (batch 1, CPU) {lat.median_ms:.2f} ms")
+    if args.out:
+        save_model(args.out, model, ModelMeta(ds.mean, ds.std, (ds.in_channels, *ds.image_size), ds.classes))
+        print(f"  saved {args.out}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .data import Loader
+    from .measure import Evaluator
+    from .modelfile import ModelMeta, load_any, save_model
+    from .models import create_model
+    from .train import TrainConfig, fit, select_device
+
+    device = select_device(args.device)
+    ds, train, val = _dataset(args)
+    name = args.model or "small_cnn"
+    kwargs = _model_kwargs(args, ds)
+    if args.weights is not None:
+        model, meta = load_any(args.weights, name, **kwargs)
+    else:
+        torch_seed(args.seed)
+        model, meta = create_model(name, **kwargs), None
+    mean, std = _norm(args.norm, meta, ds)
+    lr = args.lr if args.lr is not None else (0.01 if args.weights is not None else 0.1)
+    config = TrainConfig(epochs=args.epochs, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                         warmup_epochs=args.warmup_epochs, seed=args.seed)
+    out: Path = args.out
+    checkpoint = out / "checkpoint.pt"
+    if args.fresh and checkpoint.exists():
+        checkpoint.unlink()
+    if checkpoint.exists():
+        print(f"resuming from {checkpoint}", file=sys.stderr)
+    batches = Loader(train, args.batch_size, shuffle=True, augment=not args.no_augment, mean=mean, std=std,
+                     seed=args.seed, drop_last=False, device=device)
+    evaluator = Evaluator(Loader(val, 500, mean=mean, std=std, device=device)) if val is not None else None
+    result = fit(model, batches, config, evaluator=evaluator, checkpoint=checkpoint, device=device,
+                 progress=not args.no_progress)
+    test = Evaluator(Loader(ds.test, 500, mean=mean, std=std, device=device)).evaluate(model)
+    meta = ModelMeta(mean, std, (ds.in_channels, *ds.image_size), ds.classes,
+                     notes={"trained_on": ds.name, "train_config": config.__dict__})
+    save_model(out / "model.pt", model, meta)
+    summary = {"model": name, "data": args.data, "epochs": result.history, "test_acc": test.accuracy,
+               "resumed_from_epoch": result.resumed_from_epoch, "config": config.__dict__}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    for h in result.history:
+        val_txt = f"  val_acc {h['val_acc']:.4f}" if "val_acc" in h else ""
+        print(f"epoch {h['epoch']:>3}  loss {h['loss']:.4f}  train_acc {h['train_acc']:.4f}{val_txt}  "
+              f"{h['seconds']:.1f} s  {h['images_per_second']:.0f} img/s")
+    print(f"test accuracy {test.accuracy:.4f} ({test.correct}/{test.total})")
+    print(f"saved {out / 'model.pt'}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .data import Loader
+    from .measure import Evaluator
+    from .modelfile import load_any
+    from .train import select_device
+
+    device = select_device(args.device)
+    ds, train, val = _dataset(args)
+    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
+    mean, std = _norm(args.norm, meta, ds)
+    split = {"test": ds.test, "train": train, "val": val}[args.split]
+    if split is None:
+        raise ConfigError("--split val needs a validation split: set --val-size above 0")
+    evaluator = Evaluator(Loader(split, args.batch_size, mean=mean, std=std), device=device)
+    model.to(device)
+    if args.target is None:
+        r = evaluator.evaluate(model)
+        print(f"{args.split} accuracy {r.accuracy:.4f} ({r.correct}/{r.total})")
+    else:
+        if not 0 <= args.target <= 1:
+            raise ConfigError(f"--target is an accuracy in [0, 1], got {args.target}")
+        r = evaluator.check(model, args.target)
+        verdict = "PASS" if r.passed else "FAIL"
+        print(f"{verdict}: accuracy >= {args.target} is {bool(r.passed)} on {args.split}, decided after "
+              f"{r.evaluated}/{r.total} images ({r.correct} correct so far)")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from .measure import footprint, measure_latency
+    from .modelfile import load_any
+    from .models import create_model, list_models
+    from .train import select_device
+
+    kwargs = {"num_classes": args.num_classes}
+    if args.width is not None:
+        kwargs["width"] = args.width
+    meta = None
+    if args.target in list_models() and not Path(args.target).exists():
+        model = create_model(args.target, **kwargs)
+    else:
+        model, meta = load_any(args.target, args.model, **kwargs)
+    shape = _parse_shape(args.input_shape) if args.input_shape else (meta.input_shape if meta else (3, 32, 32))
+    model.to(select_device(args.device)).eval()
+    fp = footprint(model, shape)
+    lat = [measure_latency(model, shape, int(b), repeats=args.repeats) for b in args.batch_sizes.split(",")]
+    info = {"model": args.target, "input_shape": list(shape), **fp.as_dict(),
+            "latency": [{"batch_size": x.batch_size, "median_ms": x.median_ms,
+                         "images_per_second": x.images_per_second} for x in lat]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model          {args.target}  (input {tuple(shape)})")
+    print(f"parameters     {fp.parameters:,}  ({fp.nonzero:,} nonzero)")
+    print(f"MACs           {fp.macs:,}  ({fp.macs / 1e6:.1f}M)")
+    print(f"dense bytes    {fp.dense_bytes:,}")
+    print(f"saved bytes    {fp.saved_bytes:,}  (torch.save of the fp32 state dict)")
+    for x in lat:
+        print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s "
+              f"({args.device}, eager)")
+    return 0
+
+
+# ---------------------------------------------------------------- helpers
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _dataset(args):
+    from .data import load_dataset, train_val_split
+
+    ds = load_dataset(args.data)
+    val_size = args.val_size
+    if val_size is None:
+        val_size = 5000 if len(ds.train) >= 20000 else 0.1
+    elif val_size >= 1:
+        val_size = int(val_size)
+    if val_size == 0:
+        return ds, ds.train, None
+    train, val = train_val_split(ds.train, val_size=val_size, seed=getattr(args, "seed", 0))
+    return ds, train, val
+
+
+def _model_kwargs(args, ds) -> dict:
+    kwargs = {"num_classes": ds.num_classes}
+    if ds.in_channels != 3:
+        kwargs["in_channels"] = ds.in_channels
+    if getattr(args, "width", None) is not None:
+        kwargs["width"] = args.width
+    return kwargs
+
+
+def _norm(choice: str | None, meta, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from .modelfile import IMAGENET_MEAN, IMAGENET_STD
+
+    if choice is None:
+        return (tuple(meta.mean), tuple(meta.std)) if meta is not None else (ds.mean, ds.std)
+    if choice == "dataset":
+        return ds.mean, ds.std
+    if choice == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    try:
+        m, s = choice.split(":")
+        mean, std = tuple(float(v) for v in m.split(",")), tuple(float(v) for v in s.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--norm {choice!r}: use dataset, imagenet, or 'm1,m2,m3:s1,s2,s3'") from exc
+    if len(mean) != ds.in_channels or len(std) != ds.in_channels or min(std) <= 0:
+        raise ConfigError(f"--norm needs {ds.in_channels} means and {ds.in_channels} positive stds")
+    return mean, std
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--input-shape {text!r}: use C,H,W such as 3,32,32") from exc
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r}: use C,H,W such as 3,32,32")
+    return shape
+
+
+if __name__ == "__main__":
+    sys.exit(main())

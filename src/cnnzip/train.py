@@ -1,0 +1,285 @@
+"""The one training loop: fine-tuning, sparsity training, distillation and QAT all run through `fit`.
+
+Methods change training through hooks (an extra loss term, a gradient edit, a post-step projection) instead of
+writing loops of their own. The loop is seeded per epoch and checkpoints atomically after every epoch, so a run
+killed at any moment resumes from its last finished epoch and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .measure import Evaluator
+
+__all__ = ["TrainConfig", "TrainHook", "TrainResult", "fit", "select_device", "cosine_lr", "atomic_save"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Pure data: it goes into the checkpoint and a resumed run must use the same values."""
+
+    epochs: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    amp: bool = True  # mixed precision; only takes effect on CUDA
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
+            raise ConfigError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+class TrainHook:
+    """Extension points of `fit`. Override only what a method needs; every default does nothing.
+
+    - `loss`: an extra term added to the cross-entropy (sparsity penalty, distillation).
+    - `after_backward`: edit gradients before the optimizer step (slimming's subgradient, fixed masks).
+    - `after_step`: edit weights after the step (re-apply masks, clamp).
+    - `epoch_end`: observe metrics; return True to stop training early.
+    A hook with state that must survive a resume implements `state_dict` / `load_state_dict`.
+    """
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
+             targets: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        return None
+
+    def epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> bool | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class _Batches(Protocol):
+    def __iter__(self): ...
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch metrics of a run (including the epochs done before a resume)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; anything else is passed to torch.device."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(preference)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {preference!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def cosine_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at a global step: linear warm-up, then cosine decay to `min_lr` at the last step."""
+    total = max(config.epochs * steps_per_epoch, 1)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a kill never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def fit(
+    model: nn.Module,
+    batches: _Batches,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass, safe as a default
+    *,
+    hooks: Sequence[TrainHook] = (),
+    evaluator: Evaluator | None = None,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str | None = None,
+    parameters: Iterable[nn.Parameter] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place with SGD + momentum and a cosine schedule; return the per-epoch history.
+
+    `batches` yields (inputs, targets); if it has `set_epoch(e)` it is called first every epoch so that data
+    order and augmentation are a function of (seed, epoch). `parameters` restricts what is trained (e.g. one
+    block during a short fine-tune); by default, all of the model's parameters that require gradients.
+    With `checkpoint`, state is written atomically after every epoch and an existing checkpoint is resumed.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to train: no parameter requires gradients")
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps_per_epoch = len(batches)
+    if steps_per_epoch == 0:
+        raise ConfigError("the training data yields no batch (is the batch size larger than the split?)")
+
+    result = TrainResult()
+    start_epoch = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        start_epoch = _resume(Path(checkpoint), model, optimizer, scaler, hooks, config, result)
+
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout and any other global-RNG use
+        if hasattr(batches, "set_epoch"):
+            batches.set_epoch(epoch)
+        metrics = _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch,
+                               steps_per_epoch, use_amp, progress)
+        if evaluator is not None:
+            metrics["val_acc"] = evaluator.evaluate(model).accuracy
+        result.history.append(metrics)
+        stop = any(bool(h.epoch_end(model, epoch, metrics)) for h in hooks)
+        if checkpoint is not None:
+            atomic_save({
+                "format": "cnnzip.train-checkpoint", "version": 1,
+                "epoch": epoch + 1, "config": asdict(config), "history": result.history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
+            }, checkpoint)
+        if stop:
+            break
+    return result
+
+
+def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch, steps_per_epoch,
+                 use_amp, progress) -> dict[str, float]:
+    model.train()
+    total_loss = 0.0
+    correct = seen = 0
+    started = time.perf_counter()
+    bar = _progress(batches, epoch, config.epochs, steps_per_epoch, progress)
+    for i, (x, y) in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(config, epoch * steps_per_epoch + i, steps_per_epoch)
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            for hook in hooks:
+                extra = hook.loss(model, x, logits, y)
+                if extra is not None:
+                    loss = loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        for hook in hooks:
+            hook.after_backward(model)
+        scaler.step(optimizer)
+        scaler.update()
+        for hook in hooks:
+            hook.after_step(model)
+        n = len(y)
+        total_loss += float(loss.detach()) * n
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += n
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+    elapsed = time.perf_counter() - started
+    return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "seconds": elapsed, "images_per_second": seen / elapsed if elapsed > 0 else 0.0,
+            "lr": optimizer.param_groups[0]["lr"]}
+
+
+def _progress(batches, epoch, epochs, total, enabled):
+    if not enabled:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=True, dynamic_ncols=True)
+
+
+def _resume(path: Path, model, optimizer, scaler, hooks, config, result) -> int:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ConfigError(f"cannot read the training checkpoint {path}: {exc}. Delete it to start over.") from exc
+    if not isinstance(state, dict) or state.get("format") != "cnnzip.train-checkpoint":
+        raise ConfigError(f"{path} is not a cnnzip training checkpoint; delete it or choose another run directory")
+    saved = state["config"]
+    ours = asdict(config)
+    # Any change (even of `epochs`, which shapes the schedule) would make the resumed run a different run.
+    diff = {k for k in ours if saved.get(k) != ours[k]}
+    if diff:
+        names = ", ".join(f"{k}: {saved.get(k)} -> {ours[k]}" for k in sorted(diff))
+        raise ConfigError(f"the checkpoint {path} was made with other settings ({names}); use the same settings "
+                          "to resume, or a fresh run directory")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
+        hook.load_state_dict(hook_state)
+    result.history.extend(state["history"])
+    result.resumed_from_epoch = int(state["epoch"])
+    return result.resumed_from_epoch
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63)

@@ -1,0 +1,96 @@
+"""The command line as a user meets it: real subprocesses, real exit codes, no tracebacks for user mistakes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzip.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, "-m", "cnnzip.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models", "resnet*"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "no/such/model.pt", "--model", "resnet20"], "no such model file"),
+    (["train", "--data", "no/such/dir", "--epochs", "1"], "no/such/dir"),
+    (["train", "--model", "resnet9000", "--epochs", "1"], "resnet9000"),
+    (["train", "--epochs", "1", "--lr", "-1"], "lr"),
+    (["info", "resnet20", "--input-shape", "3x32"], "--input-shape"),
+    (["models", "nothing*"], "no model matches"),
+])
+def test_user_errors_get_one_clear_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_raw_weights_without_architecture_are_explained(tmp_path, capsys):
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    assert main(["eval", str(path)]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_demo_trains_digits():
+    r = run_cli("demo", "--epochs", "8")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "test accuracy" in ln)
+    assert float(line.split("test accuracy")[1].strip().rstrip("%")) > 90.0
+
+
+def test_train_eval_info_round_trip(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--out", str(out), "--no-progress", "--lr", "0.05"]) == 0
+    assert (out / "model.pt").is_file() and (out / "metrics.json").is_file()
+    text = capsys.readouterr().out
+    test_acc = float(text.split("test accuracy ")[1].split()[0])
+    assert main(["eval", str(out / "model.pt")]) == 0
+    assert f"test accuracy {test_acc:.4f}" in capsys.readouterr().out
+    assert main(["eval", str(out / "model.pt"), "--target", "0.5"]) == 0
+    assert ("PASS" if test_acc >= 0.5 else "FAIL") in capsys.readouterr().out
+    assert main(["info", str(out / "model.pt"), "--batch-sizes", "1", "--repeats", "3"]) == 0
+    assert "parameters" in capsys.readouterr().out
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    common = ["train", "--epochs", "5", "--no-progress", "--lr", "0.05", "--seed", "1"]
+    ref = run_cli(*common, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnzip.cli", *common, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "model.pt").exists()
+
+    resumed = run_cli(*common, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,131 @@
+import pytest
+import torch
+from torch import nn
+
+from cnnzip.errors import ConfigError
+from cnnzip.measure import Evaluator
+from cnnzip.train import TrainConfig, TrainHook, cosine_lr, fit
+
+
+class Batches:
+    """A tiny seeded loader: order depends only on (seed, epoch), like cnnzip.data.Loader."""
+
+    def __init__(self, n=256, batch=32, seed=0):
+        g = torch.Generator().manual_seed(123)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+        self.x = torch.nn.functional.one_hot(self.y, 3).float() + 0.4 * torch.randn(n, 3, generator=g)
+        self.batch, self.seed, self.epoch = batch, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.y) // self.batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.y), generator=g)
+        for i in range(len(self)):
+            idx = order[i * self.batch:(i + 1) * self.batch]
+            yield self.x[idx], self.y[idx]
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+
+
+def test_config_validates():
+    with pytest.raises(ConfigError):
+        TrainConfig(lr=0)
+    with pytest.raises(ConfigError):
+        TrainConfig(epochs=2, warmup_epochs=3)
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = TrainConfig(epochs=10, lr=0.1, warmup_epochs=1)
+    assert cosine_lr(cfg, 0, 10) == pytest.approx(0.01)
+    assert cosine_lr(cfg, 9, 10) == pytest.approx(0.1)
+    assert cosine_lr(cfg, 10, 10) == pytest.approx(0.1)
+    assert cosine_lr(cfg, 55, 10) == pytest.approx(0.05)
+    assert cosine_lr(cfg, 100, 10) == pytest.approx(0.0)
+
+
+def test_fit_learns():
+    model, data = _model(), Batches()
+    ev = Evaluator(list(Batches()))
+    before = ev.evaluate(model).accuracy
+    result = fit(model, data, TrainConfig(epochs=5, lr=0.1), evaluator=ev, progress=False)
+    assert len(result.history) == 5
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.last["val_acc"] > max(before, 0.9)
+
+
+class Crash(TrainHook):
+    def __init__(self, epoch, step):
+        self.epoch, self.step, self.seen = epoch, step, 0
+
+    def after_step(self, model):
+        self.seen += 1
+        if self.seen == self.epoch * len(Batches()) + self.step:
+            raise KeyboardInterrupt
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    cfg = TrainConfig(epochs=4, lr=0.05, warmup_epochs=1, seed=3)
+    reference = _model()
+    fit(reference, Batches(seed=3), cfg, progress=False)
+
+    ckpt = tmp_path / "ckpt.pt"
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, Batches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=2, step=3)], progress=False)
+    resumed = _model()  # a fresh process would start from a fresh model
+    result = fit(resumed, Batches(seed=3), cfg, checkpoint=ckpt, progress=False)
+    assert result.resumed_from_epoch == 2
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    fit(_model(), Batches(), TrainConfig(epochs=1, lr=0.05), checkpoint=ckpt, progress=False)
+    with pytest.raises(ConfigError, match="lr"):
+        fit(_model(), Batches(), TrainConfig(epochs=1, lr=0.1), checkpoint=ckpt, progress=False)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="Delete it"):
+        fit(_model(), Batches(), TrainConfig(epochs=1, lr=0.05), checkpoint=ckpt, progress=False)
+
+
+def test_hooks_edit_loss_gradients_and_stop():
+    class Freeze(TrainHook):
+        def after_backward(self, model):
+            model[0].weight.grad[0].zero_()
+
+    class Penalty(TrainHook):
+        calls = 0
+
+        def loss(self, model, inputs, logits, targets):
+            Penalty.calls += 1
+            return 1e-3 * model[0].weight.abs().sum()
+
+    class StopAfterTwo(TrainHook):
+        def epoch_end(self, model, epoch, metrics):
+            return epoch == 1
+
+    model = _model()
+    row0 = model[0].weight[0].detach().clone()
+    result = fit(model, Batches(), TrainConfig(epochs=5, lr=0.1, weight_decay=0.0),
+                 hooks=[Freeze(), Penalty(), StopAfterTwo()], progress=False)
+    assert torch.equal(model[0].weight[0], row0)
+    assert not torch.equal(model[0].weight[1], _model()[0].weight[1])
+    assert Penalty.calls == 2 * len(Batches())
+    assert len(result.history) == 2
+
+
+def test_fit_trains_only_the_given_parameters():
+    model = _model()
+    last = model[3].weight.detach().clone()
+    fit(model, Batches(), TrainConfig(epochs=1, lr=0.1), parameters=model[0].parameters(), progress=False)
+    assert torch.equal(model[3].weight, last)
