@@ -1,8 +1,11 @@
 """cnnzip's own model file: architecture + weights + how to feed the model, in one file that loads anywhere.
 
-A model file stores data only (a registry spec, a state dict of tensors, plain numbers and strings) and loads with
-`torch.load(weights_only=True)`: no pickled code, so it loads in a fresh process that never saw the code that made
-it, and loading an untrusted file cannot run code.
+A model file stores data only (a registry spec, the width of every conv, BatchNorm and linear layer, a state dict
+of tensors, plain numbers and strings) and loads with `torch.load(weights_only=True)`: no pickled code, so it
+loads in a fresh process that never saw the code that pruned it, and loading an untrusted file cannot run code.
+Pruned models load by building the original architecture and narrowing its layers to the stored widths. The
+file also keeps the model's outputs on a fixed probe input, and loading checks them, so a model that rebuilt
+differently (say, the architecture's code changed) is an error rather than a silently different model.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .errors import ModelError
 from .models import create_model, load_weights
 from .train import atomic_save
 
-__all__ = ["ModelMeta", "save_model", "load_model", "load_any"]
+__all__ = ["ModelMeta", "save_model", "load_model", "load_any", "layer_widths", "apply_widths"]
 
 FORMAT = "cnnzip.model"
 VERSION = 1
@@ -47,29 +50,106 @@ class ModelMeta:
 
 
 def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
-    """Write `model` (built by `cnnzip.models.create_model`) and its meta atomically; return the path."""
+    """Write `model`, pruned or not, and its meta atomically; return the path.
+
+    A model from `cnnzip.models.create_model` reloads by itself; any other model reloads with
+    `load_model(path, model=YourNet())`, an unpruned instance of its class.
+    """
     spec = getattr(model, "cnnzip_spec", None)
-    if spec is None:
-        raise ModelError("this model was not built by cnnzip.models.create_model, so its architecture cannot be "
-                         "recorded; save its state_dict with torch.save and rebuild it with your own code")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "version": VERSION, "spec": dict(spec), "meta": meta.as_dict(),
-                 "state_dict": state}, path)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "version": VERSION, "spec": dict(spec) if spec is not None else None,
+                 "widths": layer_widths(model), "meta": meta.as_dict(), "state_dict": state,
+                 "probe": _probe_output(model, meta.input_shape)}, path)
     return Path(path)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild a model saved by `save_model`, in eval mode on the CPU."""
+def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild a model saved by `save_model`, in eval mode on the CPU.
+
+    `model` is needed only for architectures outside the zoo: a fresh, unpruned instance of the saved class.
+    """
     blob = _read(path)
-    if blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelError(f"{path} is not a cnnzip model file; for raw weights pass the model name "
                          "(e.g. --model resnet56) so they can be loaded into it")
     if blob.get("version", 0) > VERSION:
         raise ModelError(f"{path} was written by a newer cnnzip (format version {blob['version']}); upgrade cnnzip")
-    spec = dict(blob["spec"])
-    model = create_model(spec.pop("name"), **spec)
+    if model is None:
+        if blob["spec"] is None:
+            raise ModelError(f"{path} holds a model from outside the zoo: load it with "
+                             "load_model(path, model=YourNet()), passing a fresh instance of its class")
+        spec = dict(blob["spec"])
+        model = create_model(spec.pop("name"), **spec)
+    apply_widths(model, blob.get("widths", {}))
     load_weights(model, blob["state_dict"])
-    return model.eval(), ModelMeta.from_dict(blob["meta"])
+    meta = ModelMeta.from_dict(blob["meta"])
+    probe = blob.get("probe")
+    if probe is not None:
+        out = _probe_output(model, meta.input_shape)
+        if out.shape != probe.shape or not torch.allclose(out, probe, rtol=1e-4, atol=1e-5 * float(probe.abs().max())):
+            raise ModelError(f"{path} loaded, but the model's outputs differ from those recorded when it was "
+                             "saved: the architecture's code has changed since. Use the cnnzip version that "
+                             "wrote it, or the same model class.")
+    return model.eval(), meta
+
+
+_WIDTH_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+def layer_widths(model: nn.Module) -> dict[str, list[int]]:
+    """The channel counts of every conv ([in, out, groups]), linear ([in, out]) and BatchNorm ([features])."""
+    widths = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            widths[name] = [m.in_channels, m.out_channels, m.groups]
+        elif isinstance(m, nn.Linear):
+            widths[name] = [m.in_features, m.out_features]
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            widths[name] = [m.num_features]
+    return widths
+
+
+def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
+    """Narrow `model`'s layers in place to `widths` (from `layer_widths` of a pruned copy); weights are left
+    uninitialised for a state dict to fill."""
+    modules = dict(model.named_modules())
+    for name, w in widths.items():
+        m = modules.get(name)
+        if not isinstance(m, _WIDTH_LAYERS):
+            raise ModelError(f"the saved model has a layer {name!r} that this architecture lacks; is it the same "
+                             "model class?")
+        if layer_widths(m).get("", None) == list(w):
+            continue
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            m.in_channels, m.out_channels, m.groups = w
+            m.weight = nn.Parameter(m.weight.new_empty((w[1], w[0] // w[2], *m.weight.shape[2:])))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(w[1]))
+        elif isinstance(m, nn.Linear):
+            m.in_features, m.out_features = w
+            m.weight = nn.Parameter(m.weight.new_empty((w[1], w[0])))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(w[1]))
+        else:
+            m.num_features = w[0]
+            for attr in ("weight", "bias"):
+                if getattr(m, attr, None) is not None:
+                    setattr(m, attr, nn.Parameter(getattr(m, attr).new_empty(w[0])))
+            for attr in ("running_mean", "running_var"):
+                if getattr(m, attr, None) is not None:
+                    setattr(m, attr, getattr(m, attr).new_empty(w[0]))
+    return model
+
+
+@torch.no_grad()
+def _probe_output(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    was_training = model.training
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        return model.eval()(x).detach().cpu()
+    finally:
+        model.train(was_training)
 
 
 def load_any(path: str | Path, model_name: str | None = None, num_classes: int = 10,

@@ -1,0 +1,9 @@
+"""Deployment: export to ONNX with verified outputs, and latency in ONNX Runtime next to eager PyTorch.
+
+Needs the optional extra: `pip install 'cnnzip[onnx]'`. Importing this package works without it; the functions
+raise CnnzipError with that hint when onnx or onnxruntime is missing.
+"""
+
+from .onnx import compare_latency, export_onnx, measure_onnx_latency, onnx_session
+
+__all__ = ["compare_latency", "export_onnx", "measure_onnx_latency", "onnx_session"]

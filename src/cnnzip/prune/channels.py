@@ -1,0 +1,228 @@
+"""Structured pruning: choose channels with an importance function, remove them, and prove the result right.
+
+`prune_channels(model, ChannelPruning(method="fpgm", ratio=0.3), example_input)` returns a new, physically
+smaller model; the caller's model is never changed. Every result is checked against the original with the same
+channels zeroed, and a surgery that does not match is never returned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+from ..measure import count_macs
+from .graph import TOLERANCE, ChannelGraph, _probe_input, analyze, check_equivalent
+from .importance import IMPORTANCE, get_importance, random_scores
+
+__all__ = ["ChannelPruning", "PruneResult", "plan_channels", "prune_channels", "prune_to_macs"]
+
+
+@dataclass(frozen=True)
+class ChannelPruning:
+    """What to remove. Pure data: it round-trips through JSON and the command line.
+
+    - `method`: the importance (slimming = |BN gamma|, l1, l2, fpgm, random).
+    - `ratio`: fraction of the prunable channels to remove; or `threshold`: remove channels scoring below it
+      (for slimming, |gamma| < threshold). One of the two; `prune_to_macs` chooses the ratio itself.
+    - `scope`: 'global' ranks all channels together (scores divided by their group's mean, except for
+      slimming, whose |gamma| are comparable as they are); 'layer' removes `ratio` of each group. 'auto' is
+      global for slimming and threshold pruning, per layer otherwise.
+    - `min_channels`: each group keeps at least this many channels.
+    - `skip`: layer names or regular expressions whose groups are left alone.
+    """
+
+    method: str = "l1"
+    ratio: float | None = None
+    threshold: float | None = None
+    scope: str = "auto"
+    min_channels: int = 1
+    skip: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in IMPORTANCE:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(IMPORTANCE)}")
+        if self.ratio is not None and self.threshold is not None:
+            raise ConfigError("give one of ratio and threshold, not both")
+        if self.ratio is not None and not 0 <= self.ratio < 1:
+            raise ConfigError(f"ratio is the fraction of channels to remove, in [0, 1); got {self.ratio}")
+        if self.scope not in ("auto", "global", "layer"):
+            raise ConfigError(f"scope must be auto, global or layer; got {self.scope!r}")
+        if self.threshold is not None and self.scope == "layer":
+            raise ConfigError("a threshold applies to all layers alike; use scope global or auto")
+        if self.min_channels < 1:
+            raise ConfigError(f"min_channels must be >= 1; got {self.min_channels}")
+        object.__setattr__(self, "skip", tuple(self.skip))
+
+    @property
+    def resolved_scope(self) -> str:
+        if self.scope != "auto":
+            return self.scope
+        return "global" if self.method in ("slimming", "bn") or self.threshold is not None else "layer"
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, what was removed, and how well the surgery was verified."""
+
+    model: nn.Module
+    removed: dict[str, list[int]]
+    widths: dict[str, tuple[int, int]]  # group root -> (channels before, after)
+    excluded: dict[str, str]
+    max_error: float
+    notes: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def channels_removed(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+
+def plan_channels(graph: ChannelGraph, config: ChannelPruning) -> dict[str, list[int]]:
+    """Which channels of each prunable group to remove (root name -> sorted indices)."""
+    if config.ratio is None and config.threshold is None:
+        raise ConfigError("say how much to prune: a ratio or a threshold")
+    importance = get_importance(config.method)
+    generator = torch.Generator().manual_seed(config.seed)
+    scores: dict[str, torch.Tensor] = {}
+    for group in graph.groups:
+        s = random_scores(graph, group, generator) if importance is random_scores else importance(graph, group)
+        if s is not None:
+            scores[group.name] = s
+    groups = [g for g in graph.groups if g.name in scores]
+    keep_min = {g.name: min(config.min_channels, g.size) for g in groups}
+
+    if config.resolved_scope == "layer":
+        plan = {}
+        for g in groups:
+            n = min(int(math.floor(config.ratio * g.size)), g.size - keep_min[g.name])
+            plan[g.name] = sorted(torch.argsort(scores[g.name], stable=True)[:n].tolist())
+        return plan
+
+    # Global: rank every channel together; each group's best `keep_min` channels are never candidates.
+    normalise = config.method not in ("slimming", "bn") and config.threshold is None
+    candidates: list[tuple[float, str, int]] = []
+    for g in groups:
+        s = scores[g.name]
+        if normalise:
+            s = s / (s.mean() + 1e-12)
+        order = torch.argsort(s, stable=True).tolist()
+        for i in order[: g.size - keep_min[g.name]]:
+            candidates.append((float(s[i]), g.name, i))
+    candidates.sort(key=lambda c: c[0])
+    if config.threshold is not None:
+        chosen = [c for c in candidates if c[0] < config.threshold]
+    else:
+        total = sum(g.size for g in groups)
+        chosen = candidates[: min(int(round(config.ratio * total)), len(candidates))]
+    plan = {g.name: [] for g in groups}
+    for _, name, i in chosen:
+        plan[name].append(i)
+    return {k: sorted(v) for k, v in plan.items()}
+
+
+def prune_channels(
+    model: nn.Module,
+    config: ChannelPruning,
+    example_input: torch.Tensor,
+    *,
+    graph: ChannelGraph | None = None,
+) -> PruneResult:
+    """Remove channels from a copy of `model` as `config` says; verify the copy against the masked original."""
+    graph = graph if graph is not None else analyze(model, example_input, skip=config.skip)
+    if not graph.groups:
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(graph.excluded.items())[:5])
+        raise ModelError(f"this model has no channel that cnnzip can prune safely ({reasons})")
+    plan = {k: v for k, v in plan_channels(graph, config).items() if v}
+    return _apply(graph, plan)
+
+
+def _apply(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
+    x = _probe_input(graph.example_input)
+    excluded = dict(graph.excluded)
+    pruned = graph.pruned_copy(plan)
+    err = check_equivalent(graph.masked_copy(plan), pruned, x)
+    if err is None or err > TOLERANCE:
+        # Groups passed their own trial, so this is an interaction between groups: find and drop the culprits.
+        bad = _culprits(graph, plan, x)
+        for name in bad:
+            excluded[name] = "its surgery stopped matching the masked model when combined with others"
+        plan = {k: v for k, v in plan.items() if k not in bad}
+        pruned = graph.pruned_copy(plan)
+        err = check_equivalent(graph.masked_copy(plan), pruned, x)
+        if err is None or err > TOLERANCE:
+            raise ModelError("channel surgery could not be verified on this model; nothing was pruned. "
+                             "Please report this model's structure.")
+    widths = {g.name: (g.size, g.size - len(plan.get(g.name, []))) for g in graph.groups}
+    return PruneResult(model=pruned, removed=plan, widths=widths, excluded=excluded, max_error=err)
+
+
+def _culprits(graph: ChannelGraph, plan: dict[str, list[int]], x: torch.Tensor) -> list[str]:
+    names = list(plan)
+    bad: list[str] = []
+
+    def ok(subset: list[str]) -> bool:
+        sub = {k: plan[k] for k in subset}
+        try:
+            err = check_equivalent(graph.masked_copy(sub), graph.pruned_copy(sub), x)
+        except Exception:  # noqa: BLE001
+            return False
+        return err is not None and err <= TOLERANCE
+
+    def search(subset: list[str]) -> None:
+        if not subset or ok(subset):
+            return
+        if len(subset) == 1:
+            bad.append(subset[0])
+            return
+        search(subset[: len(subset) // 2])
+        search(subset[len(subset) // 2:])
+
+    search(names)
+    return bad
+
+
+def prune_to_macs(
+    model: nn.Module,
+    config: ChannelPruning,
+    example_input: torch.Tensor,
+    macs_reduction: float,
+    *,
+    tolerance: float = 0.005,
+    max_steps: int = 20,
+) -> PruneResult:
+    """Prune until MACs fall by `macs_reduction` (e.g. 0.4 = 40% fewer): bisection on `config.ratio`.
+
+    Stops at the smallest ratio whose reduction is within `tolerance` of the goal or above it.
+    """
+    if not 0 < macs_reduction < 1:
+        raise ConfigError(f"macs_reduction must be in (0, 1); got {macs_reduction}")
+    graph = analyze(model, example_input, skip=config.skip)
+    shape = tuple(example_input.shape[1:])
+    base = count_macs(model, shape)
+
+    def plan_at(ratio: float) -> dict[str, list[int]]:
+        cfg = ChannelPruning(**{**config.__dict__, "ratio": ratio, "threshold": None})
+        return {k: v for k, v in plan_channels(graph, cfg).items() if v}
+
+    lo, hi = 0.0, 0.99
+    found: tuple[float, float] | None = None
+    for _ in range(max_steps):
+        mid = (lo + hi) / 2
+        reduction = 1 - count_macs(graph.pruned_copy(plan_at(mid)), shape) / base
+        if reduction >= macs_reduction:
+            hi, found = mid, (mid, reduction)
+            if reduction - macs_reduction <= tolerance:
+                break
+        else:
+            lo = mid
+    if found is None:
+        raise ConfigError(f"cannot remove {macs_reduction:.0%} of the MACs by pruning the prunable channels "
+                          f"(excluded: {', '.join(graph.excluded) or 'none'})")
+    ratio, reduction = found
+    result = _apply(graph, plan_at(ratio))
+    result.notes.update(ratio=ratio, macs_reduction=reduction, base_macs=float(base))
+    return result

@@ -1,0 +1,361 @@
+"""Which channels can be removed together: coupled channel groups, found with Torch-Pruning's dependency graph.
+
+Torch-Pruning traces the model and groups every layer whose channels must shrink together (a conv, its BN, the
+convs that read it, both sides of a residual addition, the slices of a concatenation). Its tracer guesses at
+operations it does not know, and some guesses are wrong (the zero-padding shortcut of CIFAR ResNets is one).
+So cnnzip trusts no group it has not seen work: each group is tried on a copy, and only groups whose surgery
+gives the same outputs as zeroing their channels are offered for pruning. The others are reported, with the
+layers involved, and left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+
+__all__ = ["ChannelGroup", "ChannelGraph", "Member", "analyze"]
+
+# Operations whose output channel c depends only on input channel c (or that act on other dimensions): removing a
+# channel before them removes exactly that channel after them. Anything else in a group is tried before trusted.
+# Names are autograd node names without "Backward<N>", lower-cased; "t" is the weight transpose inside F.linear.
+_CHANNELWISE_OPS = frozenset({
+    "add", "sub", "mul", "div", "neg", "relu", "sigmoid", "tanh", "hardtanh", "hardswish", "hardsigmoid", "silu",
+    "gelu", "elu", "leakyrelu", "clamp", "clampmin", "threshold", "maxpool2dwithindices", "avgpool2d",
+    "adaptiveavgpool2d", "adaptivemaxpool2d", "nativedropout", "clone", "tocopy", "softplus", "mish", "t",
+})
+# Reductions are channel-wise when they do not reduce over the channel dimension (1): global average pooling.
+_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin"})
+
+
+@dataclass(frozen=True)
+class Member:
+    """One layer touched when a group loses channels: `kind` is 'out' (its outputs go) or 'in' (its inputs go)."""
+
+    name: str
+    kind: str
+    layer: str  # the layer's class name, e.g. Conv2d
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.kind}]"
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be removed together, indexed by the output channels of the root layer `name`."""
+
+    name: str
+    size: int
+    members: tuple[Member, ...]
+
+    def layer_names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+
+@dataclass
+class ChannelGraph:
+    """The result of `analyze`: prunable groups, and the groups left alone with the reason why.
+
+    It holds the dependency graph of the model it analysed, which must not change afterwards; pruning works on
+    copies.
+    """
+
+    model: nn.Module
+    example_input: torch.Tensor
+    groups: list[ChannelGroup]
+    excluded: dict[str, str] = field(default_factory=dict)  # root name -> reason
+    _dg: object = None
+    _roots: dict[str, tuple[nn.Module, object]] = field(default_factory=dict)
+    _names: dict[nn.Module, str] = field(default_factory=dict)
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        if name in self.excluded:
+            raise ModelError(f"the channels of {name} cannot be pruned: {self.excluded[name]}")
+        raise ModelError(f"{name} is not the root of a channel group; prunable groups: "
+                         f"{', '.join(g.name for g in self.groups) or 'none'}")
+
+    def items(self, name: str, idxs: Sequence[int]) -> list[tuple[str, nn.Module, str, list[int]]]:
+        """Every (layer name, module, kind, mapped channel indices) that removing root channels `idxs` touches.
+
+        Only real layers are listed (operations without parameters are skipped). Indices are mapped through
+        concatenations and flattens by Torch-Pruning.
+        """
+        module, fn = self._roots[name]
+        group = self._dg.get_pruning_group(module, fn, [int(i) for i in idxs])
+        out = []
+        for dep, mapped in group:
+            target = dep.target.module
+            if isinstance(target, nn.Module) and any(True for _ in target.parameters(recurse=False)):
+                kind = "out" if self._dg.is_out_channel_pruning_fn(dep.handler) else "in"
+                out.append((self._names[target], target, kind, [int(i) for i in mapped]))
+        return out
+
+    def pruned_copy(self, plan: dict[str, Sequence[int]]) -> nn.Module:
+        """A deep copy of the model with the channels in `plan` (root name -> indices) physically removed."""
+        import torch_pruning as tp
+
+        pruned = copy.deepcopy(self.model).eval()
+        dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=self.example_input.clone())
+        modules = dict(pruned.named_modules())
+        for name, idxs in plan.items():
+            if len(idxs) == 0:
+                continue
+            group_def = self.group(name)
+            if len(set(idxs)) >= group_def.size:
+                raise ConfigError(f"cannot remove all {group_def.size} channels of {name}")
+            fn = self._roots[name][1]
+            dg.get_pruning_group(modules[name], fn, sorted(int(i) for i in idxs)).prune()
+        return pruned
+
+    def masked_copy(self, plan: dict[str, Sequence[int]]) -> nn.Module:
+        """A deep copy with the same channels zeroed instead of removed: what the pruned model must equal."""
+        masked = copy.deepcopy(self.model).eval()
+        modules = dict(masked.named_modules())
+        with torch.no_grad():
+            for name, idxs in plan.items():
+                if len(idxs) == 0:
+                    continue
+                for layer, module, kind, mapped in self.items(name, idxs):
+                    _zero(modules[layer], kind, mapped, layer)
+        return masked
+
+
+def analyze(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    skip: Iterable[str] = (),
+    verify: bool = True,
+) -> ChannelGraph:
+    """Find the prunable channel groups of `model` for inputs shaped like `example_input` (a batch).
+
+    `skip` holds layer names or regular expressions (full match): a group that touches a matching layer is
+    left alone. Output layers (whose channels are the model's outputs) are never pruned. With `verify`, every
+    group is tried on a copy first (see the module docstring); groups that fail are excluded with the reason.
+    """
+    import torch_pruning as tp
+
+    if example_input.dim() < 2:
+        raise ConfigError("example_input must be a batch, e.g. torch.randn(1, 3, 32, 32)")
+    model_was_training = model.training
+    model.eval()
+    patterns = [re.compile(p) for p in skip]
+    dg = tp.DependencyGraph()
+    op_owner = _record_op_owners(model)
+    try:
+        with torch.no_grad():
+            output_layers = _output_layers(model, example_input)
+        dg.build_dependency(model, example_inputs=example_input.clone())
+    finally:
+        op_owner.remove()
+        model.train(model_was_training)
+    names = {m: n for n, m in model.named_modules()}
+
+    graph = ChannelGraph(model=model, example_input=example_input.clone(), groups=[], _dg=dg, _names=names)
+    suspicious: dict[str, str] = {}
+    for group in dg.get_all_groups(root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
+        root_dep, root_idxs = group[0]
+        root = root_dep.target.module
+        name = names.get(root)
+        if name is None:
+            continue
+        members, odd_ops = [], []
+        for dep, _ in group:
+            target = dep.target.module
+            if isinstance(target, nn.Module) and target in names and any(True for _ in target.parameters(False)):
+                kind = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
+                members.append(Member(names[target], kind, type(target).__name__))
+            elif isinstance(target, tp.ops._ElementWiseOp):
+                grad_fn = getattr(dg.module2node.get(target), "grad_fn", None)
+                if not _channelwise(grad_fn):
+                    owner = op_owner.owners.get(grad_fn, "an operation outside any module")
+                    odd_ops.append(f"{_op_name(grad_fn)} in {owner}")
+        size = len(root_idxs)
+        members_t = tuple(dict.fromkeys(members))
+        if any(m.name in output_layers and m.kind == "out" for m in members_t):
+            continue  # the model's outputs (class scores) are not channels to prune
+        hit = [m.name for m in members_t if any(p.fullmatch(m.name) for p in patterns)]
+        if hit:
+            graph.excluded[name] = f"skipped by request ({', '.join(hit)})"
+            continue
+        if size < 2:
+            graph.excluded[name] = "a single channel: nothing can be removed"
+            continue
+        if any(m.kind == "out" and m.layer not in _ZEROABLE for m in members_t):
+            odd = [str(m) for m in members_t if m.kind == "out" and m.layer not in _ZEROABLE]
+            graph.excluded[name] = f"layers whose channels cannot be verified: {', '.join(odd)}"
+            continue
+        graph._roots[name] = (root, root_dep.handler)
+        graph.groups.append(ChannelGroup(name=name, size=size, members=members_t))
+        if odd_ops:
+            suspicious[name] = "coupled through operations Torch-Pruning may not map right: " + ", ".join(odd_ops)
+
+    if verify and graph.groups:
+        _verify_groups(graph, suspicious)
+    return graph
+
+
+# Layers whose channel removal is checked by zeroing: the channel's weights (and BN's scale and shift).
+_ZEROABLE = {"Conv1d", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d"}
+
+
+def _zero(module: nn.Module, kind: str, idxs: list[int], name: str) -> None:
+    idx = torch.as_tensor(idxs, dtype=torch.long)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if not module.affine:
+            raise ModelError(f"{name}: a BatchNorm without affine parameters cannot be verified by zeroing")
+        module.weight[idx] = 0
+        module.bias[idx] = 0
+    elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if kind == "out" or (module.groups == module.in_channels == module.out_channels):
+            module.weight[idx] = 0
+            if module.bias is not None:
+                module.bias[idx] = 0
+        elif module.groups == 1:
+            module.weight[:, idx] = 0
+        else:  # grouped conv: input channel i is column i % per_group of the outputs of group i // per_group
+            per_in, per_out = module.in_channels // module.groups, module.out_channels // module.groups
+            for i in idxs:
+                g = i // per_in
+                module.weight[g * per_out:(g + 1) * per_out, i % per_in] = 0
+    elif isinstance(module, nn.Linear):
+        if kind == "out":
+            module.weight[idx] = 0
+            if module.bias is not None:
+                module.bias[idx] = 0
+        else:
+            module.weight[:, idx] = 0
+    # Other members have no channel parameters to zero (activations, pooling): nothing to do.
+
+
+def check_equivalent(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float | None:
+    """Largest difference between a(x) and b(x) relative to a's output scale; None if b fails or changes shape."""
+    with torch.no_grad():
+        ya = a.eval()(x)
+        try:
+            yb = b.eval()(x)
+        except Exception:  # noqa: BLE001 - a broken surgery can fail in any way; the caller reports it
+            return None
+    if not isinstance(ya, torch.Tensor) or not isinstance(yb, torch.Tensor) or ya.shape != yb.shape:
+        return None
+    scale = float(ya.abs().max()) or 1.0
+    return float((ya - yb).abs().max()) / scale
+
+
+TOLERANCE = 1e-4
+
+
+def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
+    """Try removing a few channels of every group; exclude the groups whose surgery is not exact."""
+    x = _probe_input(graph.example_input)
+    trusted = [g.name for g in graph.groups if g.name not in suspicious]
+    failed: dict[str, str] = {}
+
+    def trial(names: list[str]) -> str | None:
+        plan = {n: _probe_channels(graph.group(n).size) for n in names}
+        try:
+            pruned = graph.pruned_copy(plan)
+        except Exception as exc:  # noqa: BLE001 - Torch-Pruning can fail in any way on a bad group
+            return f"surgery failed ({type(exc).__name__}: {str(exc)[:120]})"
+        err = check_equivalent(graph.masked_copy(plan), pruned, x)
+        if err is None:
+            return "the pruned model fails or changes its output shape"
+        return None if err <= TOLERANCE else f"the pruned model differs from the masked one by {err:.2e}"
+
+    def bisect(names: list[str]) -> None:
+        if not names:
+            return
+        reason = trial(names)
+        if reason is None:
+            return
+        if len(names) == 1:
+            failed[names[0]] = reason
+            return
+        mid = len(names) // 2
+        bisect(names[:mid])
+        bisect(names[mid:])
+
+    bisect(trusted)
+    for name in suspicious:
+        reason = trial([name])
+        if reason is not None:
+            failed[name] = f"{reason}; {suspicious[name]}"
+    for name, reason in failed.items():
+        graph.excluded[name] = reason
+    graph.groups = [g for g in graph.groups if g.name not in failed]
+
+
+def _probe_channels(size: int) -> list[int]:
+    return sorted({0, size // 2}) if size > 2 else [0]
+
+
+def _probe_input(example: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    shape = (max(2, example.shape[0]), *example.shape[1:])
+    return torch.randn(shape, generator=g, dtype=example.dtype).to(example.device)
+
+
+def _channelwise(grad_fn) -> bool:
+    name = _op_name(grad_fn).lower()
+    if name in _CHANNELWISE_OPS:
+        return True
+    if name in _REDUCTIONS:
+        sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+        dims = getattr(grad_fn, "_saved_dim", None)
+        if sizes is not None and dims is not None:
+            return 1 not in {d % len(sizes) for d in dims}
+    return False
+
+
+def _op_name(grad_fn) -> str:
+    name = grad_fn.name() if grad_fn is not None and hasattr(grad_fn, "name") else str(grad_fn)
+    return re.sub(r"Backward\d*$", "", name)
+
+
+def _output_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """Names of layers whose output tensor is the model's output (their channels are class scores)."""
+    outputs: dict[int, str] = {}
+    alive: list[torch.Tensor] = []  # keep every output alive, so that no id is reused by a later tensor
+
+    def remember(name):
+        def hook(module, inputs, output):
+            alive.append(output)
+            outputs.setdefault(id(output), name)  # a forward hook must return None, or it replaces the output
+        return hook
+
+    handles = [m.register_forward_hook(remember(n))
+               for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+    try:
+        y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    ys = y if isinstance(y, (tuple, list)) else (y,)
+    return {outputs[id(t)] for t in ys if id(t) in outputs}
+
+
+class _record_op_owners:
+    """Forward hooks that remember which module produced each autograd node, to name layers in reports."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.owners: dict[object, str] = {}
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in model.named_modules() if n]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+                self.owners.setdefault(output.grad_fn, f"{name} ({type(module).__name__})")
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()

@@ -1,0 +1,319 @@
+"""Structured pruning: every surgery is checked against the original with the same channels zeroed."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cnnzip.errors import ConfigError
+from cnnzip.measure import count_macs, count_parameters
+from cnnzip.modelfile import ModelMeta, load_model, save_model
+from cnnzip.models import create_model, list_models
+from cnnzip.prune import (
+    ChannelPruning,
+    SparsityHook,
+    analyze,
+    check_equivalent,
+    fpgm,
+    l1_norm,
+    plan_channels,
+    prune_channels,
+    prune_to_macs,
+)
+from cnnzip.train import TrainConfig, fit
+
+REPO = Path(__file__).resolve().parents[1]
+X = torch.randn(1, 3, 32, 32)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _randomise_bn(model, seed=0):
+    """Random BN statistics and scales, so that zeroed and removed channels would differ if surgery were wrong."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=g) + 0.1
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_mean = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+    return model.eval()
+
+
+SLOW_TO_ANALYSE = {"densenet121", "densenet201"}  # 120 and 200 groups: minutes; same family as densenet40/_bc_100
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_ANALYSE else n
+                                  for n in list_models()])
+def test_every_zoo_model_prunes_and_verifies(name):
+    kwargs = {"in_channels": 1} if name == "small_cnn" else ({} if name == "alexnet" else {"width": 0.25})
+    x = torch.randn(1, kwargs.get("in_channels", 3), 32, 32)
+    model = _randomise_bn(create_model(name, **kwargs))
+    before = _state(model)
+    graph = analyze(model, x)
+    assert graph.groups, graph.excluded
+    for ratio in (0.3, 0.7):
+        result = prune_channels(model, ChannelPruning(method="l1", ratio=ratio), x, graph=graph)
+        assert result.max_error <= 1e-4
+        assert result.channels_removed > 0
+        assert count_parameters(result.model) < count_parameters(model)
+        assert result.model(x).shape == model(x).shape
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller's model untouched
+
+
+def test_vgg_surgery_equals_zeroing_by_hand():
+    model = _randomise_bn(create_model("vgg11", width=0.25))
+    result = prune_channels(model, ChannelPruning(method="l2", ratio=0.5), X)
+    masked = copy.deepcopy(model)
+    convs = [m for m in masked.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in masked.modules() if isinstance(m, nn.BatchNorm2d)]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        for conv, bn, name in zip(convs, bns, names, strict=True):
+            idx = result.removed.get(name, [])
+            conv.weight[idx] = 0
+            bn.weight[idx] = 0
+            bn.bias[idx] = 0
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(result.model(x), masked(x), atol=1e-5)
+    kept = [m.out_channels for m in result.model.modules() if isinstance(m, nn.Conv2d)]
+    assert kept == [c.out_channels - len(result.removed.get(n, [])) for c, n in zip(convs, names, strict=True)]
+
+
+def test_zero_pad_shortcut_is_left_alone_and_inner_channels_pruned():
+    model = _randomise_bn(create_model("resnet20"))
+    graph = analyze(model, X)
+    assert "conv1" in graph.excluded and "PadShortcut" in graph.excluded["conv1"]
+    assert "layer2.0.shortcut" in graph.excluded["conv1"]
+    assert sorted(g.name for g in graph.groups) == sorted(f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
+    result = prune_channels(model, ChannelPruning(method="fpgm", ratio=0.5), X, graph=graph)
+    assert result.model.layer2[0].conv1.out_channels == 16
+    assert result.model.layer2[0].conv2.out_channels == 32  # the residual stream keeps its width
+
+
+def test_option_b_resnet_prunes_the_residual_stream_too():
+    model = _randomise_bn(create_model("resnet20", shortcut="B", width=0.5))
+    graph = analyze(model, X)
+    assert not graph.excluded
+    assert "conv1" in [g.name for g in graph.groups]
+
+
+# Models written for the tests: structures where channel coupling is easy to get wrong.
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6), nn.ReLU())
+        self.merge = nn.Conv2d(14, 10, 3, padding=1)
+        self.head = nn.Linear(10, 5)
+
+    def forward(self, x):
+        y = self.merge(torch.cat([self.a(x), self.b(x)], 1))
+        return self.head(y.mean((2, 3)))
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.pw(self.dw(self.stem(x)))).flatten(1))
+
+
+class SEBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc1 = nn.Conv2d(16, 4, 1)
+        self.fc2 = nn.Conv2d(4, 16, 1)
+        self.out = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return self.fc(self.out(y * s).mean((2, 3)))
+
+
+class Reused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)  # applied twice
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.relu(self.shared(y))
+        y = torch.relu(self.bn(self.shared(y)))
+        return self.head(y.mean((2, 3)))
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
+                                      nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc1 = nn.Linear(12 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.flatten(self.features(x), 1))))
+
+
+class ChannelFlip(nn.Module):
+    """Reverses channel order: a coupling a dependency tracer may take for an element-wise op."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y + torch.flip(y, dims=[1])
+        return self.fc(self.b(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("cls, must_prune", [
+    (Concat, {"a.0", "b.0", "merge"}),
+    (DepthwiseSeparable, {"stem.0", "pw.0"}),
+    (SEBlock, {"conv.0", "fc1", "out"}),
+    (Reused, {"stem"}),
+    (FlattenLinear, {"features.0", "features.4", "fc1"}),
+])
+def test_hand_written_models(cls, must_prune):
+    torch.manual_seed(0)
+    model = _randomise_bn(cls())
+    graph = analyze(model, X)
+    written = {m.name for g in graph.groups for m in g.members if m.kind == "out"}
+    assert must_prune <= written, graph.excluded
+    for ratio in (0.3, 0.7):
+        result = prune_channels(model, ChannelPruning(method="l1", ratio=ratio, scope="layer"), X, graph=graph)
+        assert result.max_error <= 1e-4
+        assert count_parameters(result.model) < count_parameters(model)
+        x = torch.randn(3, 3, 32, 32)
+        masked = graph.masked_copy(result.removed)
+        assert torch.allclose(result.model(x), masked(x), atol=1e-5)
+
+
+def test_flatten_linear_shrinks_by_whole_spatial_blocks():
+    model = _randomise_bn(FlattenLinear())
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5, scope="layer"), X)
+    removed = len(result.removed["features.4"])
+    assert result.model.fc1.in_features == (12 - removed) * 16
+
+
+def test_misunderstood_coupling_is_excluded_never_broken():
+    model = _randomise_bn(ChannelFlip())
+    graph = analyze(model, X)
+    assert "a.0" in graph.excluded and "flip" in graph.excluded["a.0"].lower()
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5), X, graph=graph)
+    assert result.max_error <= 1e-4
+
+
+def test_importance_picks_the_expected_channels():
+    conv = nn.Conv2d(1, 5, 1, bias=False)
+    with torch.no_grad():
+        conv.weight[:, 0, 0, 0] = torch.tensor([3.0, -3.0, 0.1, 2.0, -2.5])
+    model = nn.Sequential(conv, nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 1))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.5, 0.01, 0.3, 0.02, 1.0]))
+    x = torch.randn(1, 1, 4, 4)
+    graph = analyze(model, x)
+    group = graph.group("0")
+    assert l1_norm(graph, group).tolist() == pytest.approx([3.0, 3.0, 0.1, 2.0, 2.5])
+    # FPGM: 0.1 is nearest the geometric median of {3, -3, 0.1, 2, -2.5}
+    assert int(fpgm(graph, group).argmin()) == 2
+    plan = plan_channels(graph, ChannelPruning(method="slimming", ratio=0.4))
+    assert plan["0"] == [1, 3]  # the two smallest |gamma|
+    plan = plan_channels(graph, ChannelPruning(method="slimming", threshold=0.25))
+    assert plan["0"] == [1, 3]
+    plan = plan_channels(graph, ChannelPruning(method="l1", ratio=0.99, scope="layer", min_channels=2))
+    assert len(plan["0"]) == 3
+
+
+def test_global_scope_min_channels_and_skip():
+    model = _randomise_bn(create_model("vgg11", width=0.25))
+    with torch.no_grad():
+        model.feature[1].weight.mul_(1e-3)  # the first layer's gammas are tiny: global slimming empties it
+    plan = plan_channels(analyze(model, X), ChannelPruning(method="slimming", ratio=0.2, min_channels=3))
+    first = [k for k in plan if k.startswith("feature.0")][0]
+    assert len(plan[first]) == 16 - 3
+    graph = analyze(model, X, skip=[r"feature\.0", "feature.4"])
+    assert "feature.0" in graph.excluded and "feature.4" in graph.excluded
+    assert "feature.0" not in {g.name for g in graph.groups}
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError):
+        ChannelPruning(ratio=1.0)
+    with pytest.raises(ConfigError):
+        ChannelPruning(ratio=0.5, threshold=0.1)
+    with pytest.raises(ConfigError, match="ratio or a threshold"):
+        plan_channels(analyze(create_model("small_cnn"), X), ChannelPruning())
+    with pytest.raises(ConfigError):
+        ChannelPruning(method="magic")
+
+
+def test_prune_to_macs_hits_the_target():
+    model = _randomise_bn(create_model("resnet20", width=0.5))
+    result = prune_to_macs(model, ChannelPruning(method="fpgm"), X, macs_reduction=0.4)
+    reduction = 1 - count_macs(result.model, (3, 32, 32)) / count_macs(model, (3, 32, 32))
+    assert 0.4 <= reduction <= 0.41
+    assert result.max_error <= 1e-4
+
+
+def test_sparsity_hook_drives_gammas_down():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 2))
+    data = [(torch.randn(16, 3, 8, 8), torch.randint(0, 2, (16,))) for _ in range(4)]
+    start = model[1].weight.detach().abs().sum()
+    fit(model, data, TrainConfig(epochs=10, lr=0.05, weight_decay=0), hooks=[SparsityHook(1.0)], progress=False)
+    assert model[1].weight.detach().abs().sum() < 0.3 * start
+
+    # The hook adds exactly lambda * sign(gamma) to the gradient.
+    model.zero_grad()
+    model(data[0][0]).sum().backward()
+    grad = model[1].weight.grad.clone()
+    SparsityHook(0.1).after_backward(model)
+    assert torch.allclose(model[1].weight.grad, grad + 0.1 * torch.sign(model[1].weight.detach()))
+
+
+def test_pruned_model_reloads_in_a_fresh_process(tmp_path):
+    model = _randomise_bn(create_model("resnet56"))
+    result = prune_channels(model, ChannelPruning(method="fpgm", ratio=0.4), X)
+    path = save_model(tmp_path / "pruned.pt", result.model, ModelMeta((0.5,) * 3, (0.25,) * 3))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = result.model.eval()(x)
+    script = (
+        "import sys, torch; from cnnzip.modelfile import load_model; "
+        f"m, _ = load_model(r'{path}'); x = torch.load(r'{tmp_path / 'x.pt'}'); "
+        f"torch.save(m(x).detach(), r'{tmp_path / 'y.pt'}')"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
+
+
+def test_users_own_pruned_model_reloads(tmp_path):
+    model = _randomise_bn(DepthwiseSeparable())
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5), X)
+    path = save_model(tmp_path / "own.pt", result.model, ModelMeta((0.5,) * 3, (0.25,) * 3))
+    loaded, _ = load_model(path, model=DepthwiseSeparable())
+    assert check_equivalent(result.model, loaded, torch.randn(2, 3, 32, 32)) == 0.0
