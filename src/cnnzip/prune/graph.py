@@ -124,7 +124,7 @@ class ChannelGraph:
             for name, idxs in plan.items():
                 if len(idxs) == 0:
                     continue
-                for layer, module, kind, mapped in self.items(name, idxs):
+                for layer, _module, kind, mapped in self.items(name, idxs):
                     _zero(modules[layer], kind, mapped, layer)
         return masked
 
