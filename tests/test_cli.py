@@ -94,3 +94,37 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     b = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prune_finetune_and_export(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "digits.pt"
+    assert main(["demo", "--epochs", "4", "--out", str(model)]) == 0
+    out = tmp_path / "pruned"
+    args = ["prune", str(model), "--method", "fpgm", "--ratio", "0.5", "--finetune-epochs", "2", "--lr", "0.05",
+            "--out", str(out), "--no-progress", "--latency-batches", "1,8", "--latency-repeats", "3"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for word in ("params", "macs", "bytes", "accuracy", "eager_ms_b1", "ort_ms_b8", "surgery verified"):
+        assert word in text
+    report = __import__("json").loads((out / "report.json").read_text())
+    assert report["rows"]["pruned+finetuned"]["params"] < report["rows"]["original"]["params"]
+    assert report["verification_max_error"] <= 1e-4
+    # The saved pruned model evaluates to the reported accuracy, and exports to ONNX.
+    assert main(["eval", str(out / "pruned.pt")]) == 0
+    acc = report["rows"]["pruned+finetuned"]["accuracy"]
+    assert f"test accuracy {acc:.4f}" in capsys.readouterr().out
+    assert main(["export", str(out / "pruned.pt"), "--out", str(tmp_path / "p.onnx")]) == 0
+    assert (tmp_path / "p.onnx").stat().st_size > 1000
+
+
+def test_train_with_sparsity_shrinks_gammas(tmp_path):
+    dense, sparse = tmp_path / "dense", tmp_path / "sparse"
+    for out, extra in ((dense, []), (sparse, ["--sparsity", "0.2"])):
+        assert main(["train", "--epochs", "2", "--lr", "0.05", "--out", str(out), "--no-progress", *extra]) == 0
+
+    def gamma_sum(path):
+        sd = torch.load(path / "model.pt", weights_only=True)["state_dict"]
+        return sum(v.abs().sum() for k, v in sd.items() if k.endswith("weight") and v.dim() == 1)
+
+    assert gamma_sum(sparse) < 0.8 * gamma_sum(dense)

@@ -271,8 +271,12 @@ def _resume(path: Path, model, optimizer, scaler, hooks, config, result) -> int:
         names = ", ".join(f"{k}: {saved.get(k)} -> {ours[k]}" for k in sorted(diff))
         raise ConfigError(f"the checkpoint {path} was made with other settings ({names}); use the same settings "
                           "to resume, or a fresh run directory")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"the checkpoint {path} belongs to a different model ({str(exc).splitlines()[0]}); "
+                          "use a fresh run directory") from exc
     scaler.load_state_dict(state["scaler"])
     for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
         hook.load_state_dict(hook_state)

@@ -1,0 +1,81 @@
+"""Side-by-side descriptions of models: what every command and benchmark prints before and after compressing.
+
+One function measures a model the same way everywhere (parameters, MACs, bytes of the saved file, eager and
+ONNX Runtime latency, accuracy), so that tables from different methods can be compared line by line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from .measure import Evaluator, count_macs, count_nonzero, count_parameters, measure_latency, saved_bytes
+
+__all__ = ["describe", "format_table", "ratio_row"]
+
+
+def describe(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    evaluator: Evaluator | None = None,
+    latency_batches: Sequence[int] = (1, 256),
+    repeats: int = 20,
+    onnx: bool = True,
+) -> dict[str, Any]:
+    """Measure `model`: a flat dict of numbers, ready for a table or JSON.
+
+    Latency is measured in eager PyTorch and, when onnxruntime is installed and `onnx` is set, in ONNX Runtime,
+    interleaved so machine noise hits both alike.
+    """
+    row: dict[str, Any] = {
+        "params": count_parameters(model), "nonzero": count_nonzero(model),
+        "macs": count_macs(model, input_shape), "bytes": saved_bytes(model),
+    }
+    if evaluator is not None:
+        row["accuracy"] = evaluator.evaluate(model).accuracy
+    use_onnx = onnx and importlib.util.find_spec("onnxruntime") is not None
+    if latency_batches and use_onnx:
+        from .deploy import compare_latency
+
+        for r in compare_latency(model, input_shape, tuple(latency_batches), repeats=repeats, rounds=3):
+            b = r["batch_size"]
+            row[f"eager_ms_b{b}"] = r["eager"].median_ms
+            row[f"ort_ms_b{b}"] = r["onnxruntime"].median_ms
+    else:
+        for b in latency_batches:
+            row[f"eager_ms_b{b}"] = measure_latency(model, input_shape, b, repeats=repeats).median_ms
+    return row
+
+
+def ratio_row(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """after / before for every shared number (accuracy as a difference in points)."""
+    out: dict[str, Any] = {}
+    for k, v in after.items():
+        if k in before and isinstance(v, (int, float)) and before[k]:
+            out[k] = (v - before[k]) * 100 if k == "accuracy" else v / before[k]
+    return out
+
+
+_FORMATS = {"params": "{:,}", "nonzero": "{:,}", "macs": "{:,}", "bytes": "{:,}", "accuracy": "{:.2%}"}
+
+
+def format_table(rows: dict[str, dict[str, Any]], ratios: dict[str, Any] | None = None) -> str:
+    """A plain-text table: one column per named row, one line per measure, and an optional ratio column."""
+    names = list(rows)
+    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+    header = ["", *names] + (["after/before"] if ratios else [])
+    lines = [header]
+    for k in keys:
+        fmt = _FORMATS.get(k, "{:.2f}" if k.endswith("_ms_b1") or "_ms_" in k else "{}")
+        cells = [k] + [fmt.format(rows[n][k]) if k in rows[n] else "-" for n in names]
+        if ratios:
+            r = ratios.get(k)
+            cells.append("-" if r is None else (f"{r:+.2f} pt" if k == "accuracy" else f"{r:.3f}x"))
+        lines.append(cells)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in
+                               enumerate(zip(line, widths, strict=True))) for line in lines)
