@@ -2,7 +2,7 @@
 
 from .errors import CnnzipError, ConfigError, DataError, ModelError
 from .measure import Evaluator, count_macs, count_nonzero, count_parameters, footprint, measure_latency
-from .modelfile import ModelMeta, load_any, load_model, save_model
+from .modelfile import ModelMeta, load, load_any, load_model, save_model
 from .models import create_model, list_models, load_weights
 from .train import TrainConfig, TrainHook, fit, select_device
 
@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CnnzipError", "ConfigError", "DataError", "ModelError",
     "Evaluator", "count_macs", "count_nonzero", "count_parameters", "footprint", "measure_latency",
-    "ModelMeta", "load_any", "load_model", "save_model",
+    "ModelMeta", "load", "load_any", "load_model", "save_model",
     "create_model", "list_models", "load_weights",
     "TrainConfig", "TrainHook", "fit", "select_device",
 ]

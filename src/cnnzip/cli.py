@@ -131,6 +131,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_prune)
 
+    s = sub.add_parser("deep-compress", help="magnitude pruning + weight sharing + Huffman coding into one file",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_DEEP,
+                       description="Deep compression (Han et al. 2016): zero the smallest weights (masks fixed "
+                       "while fine-tuning), cluster each layer's surviving weights into 2^bits shared values, "
+                       "Huffman-code indices and positions, and write OUT/model.cnnz, the file you ship. Prints "
+                       "the size at each stage beside the entropy bound, and the test accuracy, and checks that "
+                       "the file loads back to the same model. `cnnzip eval` and `cnnzip info` read the file.")
+    s.add_argument("model_path", type=Path, metavar="MODEL", help="cnnzip model file or raw weights")
+    s.add_argument("--model", default=None, help="architecture for raw weights (see `cnnzip models`)")
+    _add_data_args(s)
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--sparsity", type=float, default=None, help="fraction of conv/linear weights to zero")
+    how.add_argument("--std-multiplier", type=float, default=None,
+                     help="the paper's rule: zero |w| < k * std(w) in each layer")
+    s.add_argument("--scope", choices=["global", "layer"], default="global",
+                   help="one magnitude threshold for all layers, or the same sparsity in each")
+    s.add_argument("--skip", action="append", default=[], metavar="REGEX",
+                   help="keep these weights dense and unshared (repeatable), e.g. conv1.weight")
+    s.add_argument("--conv-bits", type=int, default=8, help="index bits for conv layers (2^bits clusters)")
+    s.add_argument("--fc-bits", type=int, default=5, help="index bits for linear layers")
+    s.add_argument("--finetune-epochs", type=int, default=0, help="epochs after pruning, masks fixed")
+    s.add_argument("--centroid-epochs", type=int, default=0, help="epochs of centroid fine-tuning after sharing")
+    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-layer", action="store_true", help="print the size of every layer")
+    s.add_argument("--out", type=Path, default=Path("runs/deep"))
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_deep)
+
     s = sub.add_parser("export", help="write a model as an ONNX file (checked against PyTorch)",
                        description="Export a model file or raw weights to ONNX with a dynamic batch size. The "
                        "file is checked with onnx.checker and its outputs compared with PyTorch's before it is "
@@ -166,6 +197,12 @@ EPILOG_PRUNE = """examples:
       --method slimming --ratio 0.6 --finetune-epochs 5 --out runs/vgg-slim60
 Channels whose coupling cnnzip cannot verify (such as the zero-padded shortcut of CIFAR ResNets) are left
 alone and listed."""
+
+
+EPILOG_DEEP = """examples:
+  cnnzip deep-compress runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+      --sparsity 0.8 --finetune-epochs 1 --conv-bits 5 --fc-bits 5 --out runs/r56-dc
+  cnnzip eval runs/r56-dc/model.cnnz --data ../shared/datasets/cifar10-jpeg.tar.gz"""
 
 
 def _add_data_args(s: argparse.ArgumentParser) -> None:
@@ -373,6 +410,76 @@ def _cmd_prune(args) -> int:
     for name, why in result.excluded.items():
         print(f"left alone: {name}: {why}")
     print(f"saved {args.out / 'pruned.pt'}")
+    return 0
+
+
+def _cmd_deep(args) -> int:
+    from .data import Loader
+    from .deep import (
+        MagnitudePruning,
+        WeightSharing,
+        deep_compress,
+        load_compressed,
+        save_compressed,
+        sparsity,
+    )
+    from .measure import Evaluator
+    from .modelfile import ModelMeta, load_any
+    from .train import TrainConfig, fit, select_device
+
+    device = select_device(args.device)
+    ds, train, val = _dataset(args)
+    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
+    mean, std = _norm(args.norm, meta, ds)
+    shape = (ds.in_channels, *ds.image_size)
+    test = Evaluator(Loader(ds.test, 500, mean=mean, std=std), device="cpu")
+    pruning = None
+    if args.sparsity is not None or args.std_multiplier is not None:
+        pruning = MagnitudePruning(ratio=args.sparsity, std_multiplier=args.std_multiplier, scope=args.scope,
+                                   skip=tuple(args.skip))
+    sharing = WeightSharing(conv_bits=args.conv_bits, fc_bits=args.fc_bits, skip=tuple(args.skip))
+    batches = Loader(train, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
+                     seed=args.seed, device=device)
+    accuracy = {"original": test.evaluate(model).accuracy}
+
+    def trainer(stage: str, epochs: int):
+        if epochs <= 0:
+            return None
+
+        def run(m, hooks):
+            accuracy[f"{stage} (before fine-tune)"] = test.evaluate(m).accuracy
+            key = hashlib.sha256(json.dumps([str(args.model_path), args.sparsity, args.std_multiplier, args.scope,
+                                             args.skip, args.conv_bits, args.fc_bits, stage]).encode()).hexdigest()
+            fit(m, batches, TrainConfig(epochs=epochs, lr=args.lr, seed=args.seed), hooks=hooks, device=device,
+                checkpoint=args.out / f"{stage}-{key[:12]}.pt", progress=not args.no_progress)
+            m.cpu()
+        return run
+
+    shared, books = deep_compress(model, pruning, sharing, finetune=trainer("pruned", args.finetune_epochs),
+                                  centroid_finetune=trainer("shared", args.centroid_epochs))
+    accuracy["compressed"] = test.evaluate(shared).accuracy
+    out_meta = ModelMeta(mean, std, shape, ds.classes, notes={"from": str(args.model_path)})
+    path = args.out / "model.cnnz"
+    report = save_compressed(path, shared, books, out_meta)
+    loaded, _ = load_compressed(path)
+    reloaded = test.evaluate(loaded).accuracy
+    if reloaded != accuracy["compressed"]:
+        raise ConfigError("internal error: the file does not reload to the compressed model; please report it")
+    totals = report.totals()
+    (args.out / "report.json").write_text(json.dumps({"sizes": report.as_dict(), "accuracy": accuracy,
+                                                       "sparsity": sparsity(shared, args.skip)}, indent=2))
+    if args.per_layer:
+        print(f"{'layer':<28}{'layout':>7}{'fp32':>11}{'pruned':>11}{'shared':>11}{'huffman':>11}{'entropy':>11}")
+        for layer in report.layers:
+            print(f"{layer.name:<28}{layer.layout:>7}{layer.dense_fp32:>11,}{layer.pruned_sparse:>11,}"
+                  f"{layer.shared:>11,}{layer.huffman:>11,}{layer.entropy:>11,.0f}")
+    print(f"weights: fp32 {totals['dense_fp32']:,.0f} B -> pruned {totals['pruned_sparse']:,.0f} -> shared "
+          f"{totals['shared']:,.0f} -> Huffman {totals['huffman']:,.0f} (entropy bound {totals['entropy']:,.0f})")
+    print(f"file {path}: {totals['file']:,.0f} bytes (raw tensors {totals['raw']:,.0f}, header "
+          f"{totals['header']:,.0f}); fp32 state dict {totals['dense_state_dict']:,.0f} bytes: "
+          f"{totals['ratio']:.1f}x smaller")
+    print(f"sparsity {sparsity(shared, args.skip):.1%}; " + "; ".join(f"{k} {v:.2%}" for k, v in accuracy.items())
+          + " (test accuracy; the file reloads to the same accuracy)")
     return 0
 
 

@@ -21,7 +21,7 @@ from .errors import ModelError
 from .models import create_model, load_weights
 from .train import atomic_save
 
-__all__ = ["ModelMeta", "save_model", "load_model", "load_any", "layer_widths", "apply_widths"]
+__all__ = ["ModelMeta", "save_model", "load_model", "load", "load_any", "layer_widths", "apply_widths"]
 
 FORMAT = "cnnzip.model"
 VERSION = 1
@@ -152,9 +152,25 @@ def _probe_output(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tenso
         model.train(was_training)
 
 
+def load(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, ModelMeta]:
+    """Load what cnnzip saved: a model file (`save_model`) or a compressed file (`save_compressed`).
+
+    `model` is needed only for architectures outside the zoo: a fresh, unpruned instance of the saved class.
+    """
+    from .deep.fileformat import is_compressed_file, load_compressed
+
+    if is_compressed_file(path):
+        return load_compressed(path, model)
+    return load_model(path, model)
+
+
 def load_any(path: str | Path, model_name: str | None = None, num_classes: int = 10,
              meta: ModelMeta | None = None, **model_kwargs: Any) -> tuple[nn.Module, ModelMeta | None]:
-    """A cnnzip model file, or raw weights (a state dict or a checkpoint dict) loaded into `model_name`."""
+    """A cnnzip model file, a compressed file, or raw weights (a state dict or checkpoint) put in `model_name`."""
+    from .deep.fileformat import is_compressed_file, load_compressed
+
+    if is_compressed_file(path):
+        return load_compressed(path)
     blob = _read(path)
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         return load_model(path)

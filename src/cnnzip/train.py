@@ -24,7 +24,8 @@ from torch import nn
 from .errors import ConfigError
 from .measure import Evaluator
 
-__all__ = ["TrainConfig", "TrainHook", "TrainResult", "fit", "select_device", "cosine_lr", "atomic_save"]
+__all__ = ["TrainConfig", "TrainHook", "TrainResult", "fit", "select_device", "cosine_lr", "atomic_save",
+           "atomic_write_bytes"]
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,21 @@ def cosine_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: a kill never leaves a half-written file."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename, like `atomic_save`."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _atomic_write(path: str | Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
