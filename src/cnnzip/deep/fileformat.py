@@ -2,7 +2,8 @@
 
 Layout (all integers little-endian):
 
-    b"CNNZDC" | version: uint16 | header length: uint32 | header (UTF-8 JSON) | payload | SHA-256 of all before
+    b"CNNZDC" | version: uint16 | header length: uint32 | header (zlib-compressed UTF-8 JSON) | payload |
+    SHA-256 of all before
 
 The header holds the architecture (zoo spec and every layer's width, so pruned models rebuild), the input
 normalisation, and for every section of the payload its offset and length. Each weight-shared layer is stored
@@ -24,6 +25,7 @@ import hashlib
 import io
 import json
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,7 +194,7 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
     header = {"format": "cnnzip.deep", "version": VERSION, "spec": dict(spec) if spec else None,
               "widths": layer_widths(model), "meta": meta.as_dict(), "layers": layers, "raw": raw,
               "probe": {"shape": list(probe.shape), "values": probe.flatten().tolist()}}
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + payload.getvalue()
     blob += hashlib.sha256(blob).digest()
     atomic_write_bytes(path, blob)
@@ -230,7 +232,10 @@ def load_compressed(path: str | Path, model: nn.Module | None = None):
     _, version, header_len = _PREFIX.unpack_from(blob)
     if version > VERSION:
         raise ModelError(f"{path} was written by a newer cnnzip (format {version}); upgrade cnnzip")
-    header = json.loads(blob[_PREFIX.size:_PREFIX.size + header_len])
+    try:
+        header = json.loads(zlib.decompress(blob[_PREFIX.size:_PREFIX.size + header_len]))
+    except (zlib.error, ValueError) as exc:
+        raise ModelError(f"{path} is corrupt: its header cannot be read ({exc})") from exc
     payload = memoryview(blob)[_PREFIX.size + header_len:-32]
 
     def read(sec: list[int]) -> bytes:
