@@ -15,6 +15,7 @@ from cnnzip.deep import (
     WeightSharing,
     codebooks_of,
     deep_compress,
+    iterative_prune,
     kmeans_1d,
     load_compressed,
     magnitude_masks,
@@ -114,28 +115,55 @@ def test_centroid_gradient_is_the_sum_of_its_weights_gradients():
     assert lin.weight.grad.tolist() == [[3.0, 3.0, 3.0, 0.0]]  # 1+2 for centroid 1, 3 for centroid -1, 0 pruned
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("densenet121", "densenet201")
-                                  else n for n in list_models()])
-def test_every_zoo_model_round_trips_bit_exact_in_a_fresh_process(name, tmp_path):
-    kwargs = {"in_channels": 1} if name == "small_cnn" else {"width": 0.25}
-    in_ch = kwargs.get("in_channels", 3)
-    meta = ModelMeta((0.5,) * in_ch, (0.25,) * in_ch, (in_ch, 32, 32))
-    model = create_model(name, **kwargs).eval()
-    shared, books = deep_compress(model, MagnitudePruning(ratio=0.6), WeightSharing(conv_bits=5, fc_bits=4))
-    path = tmp_path / "m.cnnz"
-    report = save_compressed(path, shared, books, meta)
-    assert report.file_bytes == path.stat().st_size
-    x = torch.randn(3, in_ch, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = shared(x)
-    loaded, _ = load_compressed(path)
-    assert torch.equal(loaded(x), expected)
-    if name in ("resnet20", "vgg11", "densenet40"):  # a fresh process, without the code that compressed it
-        torch.save(x, tmp_path / "x.pt")
-        script = (f"import torch, cnnzip; m, _ = cnnzip.load(r'{path}'); "
-                  f"torch.save(m(torch.load(r'{tmp_path / 'x.pt'}')).detach(), r'{tmp_path / 'y.pt'}')")
-        subprocess.run([sys.executable, "-c", script], check=True)
-        assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
+def _zoo_kwargs(name):
+    return {"in_channels": 1} if name == "small_cnn" else {"width": 0.25}
+
+
+def test_every_zoo_model_round_trips_bit_exact_in_a_fresh_process(tmp_path):
+    """Save every registry model compressed; one fresh Python process loads them all; logits are identical."""
+    cases = []
+    for name in list_models():
+        kwargs = _zoo_kwargs(name)
+        in_ch = kwargs.get("in_channels", 3)
+        meta = ModelMeta((0.5,) * in_ch, (0.25,) * in_ch, (in_ch, 32, 32))
+        model = create_model(name, **kwargs).eval()
+        shared, books = deep_compress(model, MagnitudePruning(ratio=0.6), WeightSharing(conv_bits=5, fc_bits=4))
+        path = tmp_path / f"{name}.cnnz"
+        report = save_compressed(path, shared, books, meta)
+        assert report.file_bytes == path.stat().st_size
+        x = torch.randn(3, in_ch, 32, 32, generator=torch.Generator().manual_seed(0))
+        torch.save(x, tmp_path / f"{name}.x.pt")
+        with torch.no_grad():
+            torch.save(shared(x), tmp_path / f"{name}.expected.pt")
+        cases.append(name)
+    script = (
+        "import sys, torch, cnnzip\n"
+        "for name in sys.argv[2:]:\n"
+        "    d = sys.argv[1]\n"
+        "    m, _ = cnnzip.load(f'{d}/{name}.cnnz')\n"
+        "    with torch.no_grad():\n"
+        "        torch.save(m(torch.load(f'{d}/{name}.x.pt')), f'{d}/{name}.got.pt')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), *cases], check=True, cwd=tmp_path)
+    for name in cases:
+        got, expected = torch.load(tmp_path / f"{name}.got.pt"), torch.load(tmp_path / f"{name}.expected.pt")
+        assert torch.equal(got, expected), name
+
+
+def test_iterative_pruning_only_ever_adds_zeros():
+    model = create_model("resnet20", width=0.25)
+    seen = []
+
+    def finetune(m, hook):
+        fit(m, _data(n=2), TrainConfig(epochs=1, lr=0.05), hooks=[hook], progress=False)
+        seen.append({k: v.clone() for k, v in hook.masks.items()})
+
+    pruned, masks = iterative_prune(model, [0.5, 0.7, 0.8], finetune)
+    assert abs(sparsity(pruned) - 0.8) < 1e-3
+    for earlier, later in zip(seen, seen[1:], strict=False):
+        assert all(torch.all(later[k] <= earlier[k]) for k in earlier)  # a pruned weight never comes back
+    with pytest.raises(ConfigError):
+        iterative_prune(model, [0.8, 0.5], finetune)
 
 
 def test_structured_and_unstructured_together(tmp_path):

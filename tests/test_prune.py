@@ -46,11 +46,7 @@ def _randomise_bn(model, seed=0):
     return model.eval()
 
 
-SLOW_TO_ANALYSE = {"densenet121", "densenet201"}  # 120 and 200 groups: minutes; same family as densenet40/_bc_100
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_ANALYSE else n
-                                  for n in list_models()])
+@pytest.mark.parametrize("name", list_models())
 def test_every_zoo_model_prunes_and_verifies(name):
     kwargs = {"in_channels": 1} if name == "small_cnn" else ({} if name == "alexnet" else {"width": 0.25})
     x = torch.randn(1, kwargs.get("in_channels", 3), 32, 32)
