@@ -128,3 +128,28 @@ def test_train_with_sparsity_shrinks_gammas(tmp_path):
         return sum(v.abs().sum() for k, v in sd.items() if k.endswith("weight") and v.dim() == 1)
 
     assert gamma_sum(sparse) < 0.8 * gamma_sum(dense)
+
+
+def test_mismatched_model_and_data_and_bad_lists(tmp_path, capsys):
+    model = tmp_path / "digits.pt"
+    assert main(["demo", "--epochs", "1", "--out", str(model)]) == 0
+    capsys.readouterr()
+    for args, message in [
+        (["eval", str(model), "--data", "cifar10:" + str(tmp_path / "nope")], "nope"),
+        (["prune", str(model), "--ratio", "0.5", "--latency-batches", "1,x"], "--latency-batches"),
+        (["info", str(model), "--batch-sizes", "0"], "--batch-sizes"),
+        (["train", "--device", "cuda:7", "--epochs", "1"], "cuda"),
+    ]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+def test_resume_refuses_other_data_or_weights(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--lr", "0.05"]) == 0
+    (out / "model.pt").unlink()
+    # Same directory, other batch size: refused with a clear message, not resumed silently.
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--lr", "0.05",
+                 "--batch-size", "64"]) == 2
+    assert "batch_size" in capsys.readouterr().err

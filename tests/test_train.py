@@ -80,8 +80,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     model = _model()
     with pytest.raises(KeyboardInterrupt):
         fit(model, Batches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=2, step=3)], progress=False)
-    resumed = _model()  # a fresh process would start from a fresh model
-    result = fit(resumed, Batches(seed=3), cfg, checkpoint=ckpt, progress=False)
+    resumed = _model()  # a fresh process would start from a fresh model, with the same (now harmless) hook
+    result = fit(resumed, Batches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=99, step=0)], progress=False)
     assert result.resumed_from_epoch == 2
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
@@ -96,6 +96,29 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="Delete it"):
         fit(_model(), Batches(), TrainConfig(epochs=1, lr=0.05), checkpoint=ckpt, progress=False)
+
+
+def test_resume_with_other_hooks_or_fingerprint_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    cfg = TrainConfig(epochs=1, lr=0.05)
+    fit(_model(), Batches(), cfg, checkpoint=ckpt, progress=False, fingerprint={"data": "a"})
+    with pytest.raises(ConfigError, match="data"):
+        fit(_model(), Batches(), cfg, checkpoint=ckpt, progress=False, fingerprint={"data": "b"})
+    with pytest.raises(ConfigError, match="hooks"):
+        fit(_model(), Batches(), cfg, checkpoint=ckpt, progress=False, fingerprint={"data": "a"},
+            hooks=[TrainHook()])
+
+
+def test_an_early_stop_is_remembered_on_resume(tmp_path):
+    class StopNow(TrainHook):
+        def epoch_end(self, model, epoch, metrics):
+            return True
+
+    ckpt = tmp_path / "ckpt.pt"
+    fit(_model(), Batches(), TrainConfig(epochs=3, lr=0.05), hooks=[StopNow()], checkpoint=ckpt, progress=False)
+    result = fit(_model(), Batches(), TrainConfig(epochs=3, lr=0.05), hooks=[StopNow()], checkpoint=ckpt,
+                 progress=False)
+    assert len(result.history) == 1
 
 
 def test_hooks_edit_loss_gradients_and_stop():

@@ -281,6 +281,7 @@ def _cmd_train(args) -> int:
     kwargs = _model_kwargs(args, ds)
     if args.weights is not None:
         model, meta = load_any(args.weights, name, **kwargs)
+        _check_fits(model, meta, ds, str(args.weights))
     else:
         torch_seed(args.seed)
         model, meta = create_model(name, **kwargs), None
@@ -302,8 +303,9 @@ def _cmd_train(args) -> int:
         from .prune import SparsityHook
 
         hooks.append(SparsityHook(args.sparsity))
+    fingerprint = _fingerprint(args, model=name, width=args.width, sparsity=args.sparsity)
     result = fit(model, batches, config, hooks=hooks, evaluator=evaluator, checkpoint=checkpoint, device=device,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, fingerprint=fingerprint)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std, device=device)).evaluate(model)
     meta = ModelMeta(mean, std, (ds.in_channels, *ds.image_size), ds.classes,
                      notes={"trained_on": ds.name, "train_config": config.__dict__})
@@ -330,6 +332,7 @@ def _cmd_eval(args) -> int:
     device = select_device(args.device)
     ds, train, val = _dataset(args)
     model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
+    _check_fits(model, meta, ds, str(args.model_path))
     mean, std = _norm(args.norm, meta, ds)
     split = {"test": ds.test, "train": train, "val": val}[args.split]
     if split is None:
@@ -362,9 +365,10 @@ def _cmd_prune(args) -> int:
     device = select_device(args.device)
     ds, train, val = _dataset(args)
     model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
+    _check_fits(model, meta, ds, str(args.model_path))
     mean, std = _norm(args.norm, meta, ds)
     shape = (ds.in_channels, *ds.image_size)
-    batches_latency = [] if args.latency_batches == "none" else [int(b) for b in args.latency_batches.split(",")]
+    batches_latency = [] if args.latency_batches == "none" else _int_list(args.latency_batches, "--latency-batches")
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std), device="cpu")
 
     def measure(m, latency=True):
@@ -384,15 +388,14 @@ def _cmd_prune(args) -> int:
     if args.finetune_epochs > 0:
         rows["pruned"] = measure(pruned, latency=False)
         batches = Loader(train, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
-                         seed=args.seed,
-                         device=device)
+                         seed=args.seed, device=device)
         evaluator = Evaluator(Loader(val, 500, mean=mean, std=std, device=device)) if val is not None else None
         cfg = TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed)
-        # The checkpoint is keyed by what was pruned, so a rerun with other pruning settings starts afresh.
-        key = hashlib.sha256(json.dumps([str(args.model_path), config.__dict__, result.removed], sort_keys=True,
-                                        default=str).encode()).hexdigest()[:12]
+        # The checkpoint is keyed by what was pruned from which weights: other settings start a fresh fine-tune.
+        fingerprint = _fingerprint(args, pruning=config.__dict__, removed=result.removed)
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
         fit(pruned, batches, cfg, evaluator=evaluator, checkpoint=args.out / f"finetune-{key}.pt",
-            device=device, progress=not args.no_progress)
+            device=device, progress=not args.no_progress, fingerprint=fingerprint)
         rows["pruned+finetuned"] = measure(pruned)
     else:
         rows["pruned"] = measure(pruned)
@@ -430,6 +433,7 @@ def _cmd_deep(args) -> int:
     device = select_device(args.device)
     ds, train, val = _dataset(args)
     model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
+    _check_fits(model, meta, ds, str(args.model_path))
     mean, std = _norm(args.norm, meta, ds)
     shape = (ds.in_channels, *ds.image_size)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std), device="cpu")
@@ -448,10 +452,11 @@ def _cmd_deep(args) -> int:
 
         def run(m, hooks):
             accuracy[f"{stage} (before fine-tune)"] = test.evaluate(m).accuracy
-            key = hashlib.sha256(json.dumps([str(args.model_path), args.sparsity, args.std_multiplier, args.scope,
-                                             args.skip, args.conv_bits, args.fc_bits, stage]).encode()).hexdigest()
+            fingerprint = _fingerprint(args, stage=stage, sparsity=args.sparsity, std=args.std_multiplier,
+                                       scope=args.scope, skip=args.skip, bits=[args.conv_bits, args.fc_bits])
+            key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
             fit(m, batches, TrainConfig(epochs=epochs, lr=args.lr, seed=args.seed), hooks=hooks, device=device,
-                checkpoint=args.out / f"{stage}-{key[:12]}.pt", progress=not args.no_progress)
+                checkpoint=args.out / f"{stage}-{key}.pt", progress=not args.no_progress, fingerprint=fingerprint)
             m.cpu()
         return run
 
@@ -464,7 +469,7 @@ def _cmd_deep(args) -> int:
     loaded, _ = load_compressed(path)
     reloaded = test.evaluate(loaded).accuracy
     if reloaded != accuracy["compressed"]:
-        raise ConfigError("internal error: the file does not reload to the compressed model; please report it")
+        raise RuntimeError("internal error: the file does not reload to the compressed model; please report it")
     totals = report.totals()
     (args.out / "report.json").write_text(json.dumps({"sizes": report.as_dict(), "accuracy": accuracy,
                                                        "sparsity": sparsity(shared, args.skip)}, indent=2))
@@ -511,7 +516,7 @@ def _cmd_info(args) -> int:
     shape = _parse_shape(args.input_shape) if args.input_shape else (meta.input_shape if meta else (3, 32, 32))
     model.to(select_device(args.device)).eval()
     fp = footprint(model, shape)
-    lat = [measure_latency(model, shape, int(b), repeats=args.repeats) for b in args.batch_sizes.split(",")]
+    lat = [measure_latency(model, shape, b, repeats=args.repeats) for b in _int_list(args.batch_sizes, "--batch-sizes")]
     info = {"model": args.target, "input_shape": list(shape), **fp.as_dict(),
             "latency": [{"batch_size": x.batch_size, "median_ms": x.median_ms,
                          "images_per_second": x.images_per_second} for x in lat]}
@@ -550,6 +555,57 @@ def _dataset(args):
         return ds, ds.train, None
     train, val = train_val_split(ds.train, val_size=val_size, seed=getattr(args, "seed", 0))
     return ds, train, val
+
+
+def _file_digest(path: Path) -> str:
+    """Content hash of a file, so that a rerun on changed weights does not resume the old run's checkpoint."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint(args, **extra) -> dict:
+    """What a resumed fine-tune must share with the run it resumes, besides the training config."""
+    fp = {"data": args.data, "val_size": args.val_size, "batch_size": args.batch_size, "norm": args.norm,
+          "augment": not args.no_augment}
+    weights = getattr(args, "weights", None) or getattr(args, "model_path", None)
+    if weights is not None:
+        fp["weights"] = _file_digest(Path(weights))
+    return {**fp, **extra}
+
+
+def _check_fits(model, meta, ds, what) -> None:
+    """A model file and a dataset must agree on input shape and class count before anything runs."""
+    shape = (ds.in_channels, *ds.image_size)
+    if meta is not None and tuple(meta.input_shape) != shape:
+        raise ConfigError(f"{what} takes inputs of shape {tuple(meta.input_shape)}, but the data has images of "
+                          f"shape {shape}; use the dataset it was made for")
+    outputs = _output_count(model, shape)
+    if outputs is not None and outputs != ds.num_classes:
+        raise ConfigError(f"{what} predicts {outputs} classes, but the data has {ds.num_classes}")
+
+
+def _output_count(model, shape) -> int | None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            return int(model.eval()(torch.zeros(1, *shape, device=device)).shape[-1])
+    except Exception:  # noqa: BLE001 - a shape mismatch shows up here; reported by the caller's check
+        return None
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} {text!r}: give positive integers separated by commas, e.g. 1,256")
+    return values
 
 
 def _augment(args, ds) -> bool:

@@ -265,5 +265,8 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timing covers the computation and not just its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -10,6 +10,7 @@ differently (say, the architecture's code changed) is an error rather than a sil
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,8 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
     apply_widths(model, blob.get("widths", {}))
     load_weights(model, blob["state_dict"])
     meta = ModelMeta.from_dict(blob["meta"])
-    probe = blob.get("probe")
-    if probe is not None:
-        out = _probe_output(model, meta.input_shape)
-        if out.shape != probe.shape or not torch.allclose(out, probe, rtol=1e-4, atol=1e-5 * float(probe.abs().max())):
-            raise ModelError(f"{path} loaded, but the model's outputs differ from those recorded when it was "
-                             "saved: the architecture's code has changed since. Use the cnnzip version that "
-                             "wrote it, or the same model class.")
+    if blob.get("probe") is not None:
+        check_probe(model, meta.input_shape, blob["probe"], path)
     return model.eval(), meta
 
 
@@ -143,13 +139,19 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
 
 @torch.no_grad()
 def _probe_output(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    was_training = model.training
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0)).to(device)
-    try:
-        return model.eval()(x).detach().cpu()
-    finally:
-        model.train(was_training)
+    """The model's outputs on a fixed random input, computed on a CPU fp32 copy so that a model saved from a GPU
+    (TF32 convolutions, AMP) records the same numbers a CPU load computes."""
+    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    return copy.deepcopy(model).cpu().float().eval()(x).detach()
+
+
+def check_probe(model: nn.Module, input_shape: tuple[int, ...], probe: torch.Tensor, path: str | Path) -> None:
+    """Raise if the rebuilt model's probe outputs differ from those recorded at save time."""
+    out = _probe_output(model, input_shape)
+    if out.shape != probe.shape or not torch.allclose(out, probe, rtol=1e-4, atol=1e-5 * float(probe.abs().max())):
+        raise ModelError(f"{path} loaded, but the model's outputs differ from those recorded when it was saved: "
+                         "the architecture's code has changed since. Use the cnnzip version that wrote it, or "
+                         "the same model class.")
 
 
 def load(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, ModelMeta]:

@@ -106,7 +106,7 @@ class TrainResult:
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; anything else is passed to torch.device."""
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; anything else is passed to torch.device and checked."""
     if preference == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -118,8 +118,15 @@ def select_device(preference: str = "auto") -> torch.device:
         device = torch.device(preference)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {preference!r}: use auto, cpu, cuda, cuda:N or mps") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' was asked for but CUDA is not available here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"there is no {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("device 'mps' was asked for but Apple's MPS is not available here; use cpu or auto")
     return device
 
 
@@ -170,13 +177,17 @@ def fit(
     device: torch.device | str | None = None,
     parameters: Iterable[nn.Parameter] | None = None,
     progress: bool = True,
+    fingerprint: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` in place with SGD + momentum and a cosine schedule; return the per-epoch history.
 
     `batches` yields (inputs, targets); if it has `set_epoch(e)` it is called first every epoch so that data
     order and augmentation are a function of (seed, epoch). `parameters` restricts what is trained (e.g. one
     block during a short fine-tune); by default, all of the model's parameters that require gradients.
-    With `checkpoint`, state is written atomically after every epoch and an existing checkpoint is resumed.
+    With `checkpoint`, state is written atomically after every epoch and an existing checkpoint is resumed;
+    `fingerprint` describes what the config does not (data, batch size, starting weights) and must match too.
+    On the CPU a resumed run ends with the same weights as an uninterrupted one; on CUDA only if
+    torch.use_deterministic_algorithms(True) is set, since some GPU kernels are not deterministic.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -193,8 +204,12 @@ def fit(
 
     result = TrainResult()
     start_epoch = 0
+    identity = {"fingerprint": fingerprint or {}, "hooks": [type(h).__name__ for h in hooks],
+                "trained": [n for n, p in model.named_parameters() if any(p is q for q in params)]}
     if checkpoint is not None and Path(checkpoint).exists():
-        start_epoch = _resume(Path(checkpoint), model, optimizer, scaler, hooks, config, result)
+        start_epoch, stopped = _resume(Path(checkpoint), model, optimizer, scaler, hooks, config, identity, result)
+        if stopped:
+            return result
 
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout and any other global-RNG use
@@ -208,7 +223,7 @@ def fit(
         stop = any(bool(h.epoch_end(model, epoch, metrics)) for h in hooks)
         if checkpoint is not None:
             atomic_save({
-                "format": "cnnzip.train-checkpoint", "version": 1,
+                "format": "cnnzip.train-checkpoint", "version": 1, "identity": identity, "stopped": stop,
                 "epoch": epoch + 1, "config": asdict(config), "history": result.history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
@@ -230,7 +245,7 @@ def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch
             group["lr"] = cosine_lr(config, epoch * steps_per_epoch + i, steps_per_epoch)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext():
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             for hook in hooks:
@@ -266,7 +281,7 @@ def _progress(batches, epoch, epochs, total, enabled):
     return tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=True, dynamic_ncols=True)
 
 
-def _resume(path: Path, model, optimizer, scaler, hooks, config, result) -> int:
+def _resume(path: Path, model, optimizer, scaler, hooks, config, identity, result) -> tuple[int, bool]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
@@ -281,18 +296,28 @@ def _resume(path: Path, model, optimizer, scaler, hooks, config, result) -> int:
         names = ", ".join(f"{k}: {saved.get(k)} -> {ours[k]}" for k in sorted(diff))
         raise ConfigError(f"the checkpoint {path} was made with other settings ({names}); use the same settings "
                           "to resume, or a fresh run directory")
+    if state.get("identity") != identity:
+        saved_id, ours_id = state.get("identity") or {}, identity
+        what = [k for k in ours_id if saved_id.get(k) != ours_id[k]]
+        detail = what[0] if what else "identity"
+        if detail == "fingerprint":
+            fp_s, fp_o = saved_id.get("fingerprint", {}), ours_id["fingerprint"]
+            detail = ", ".join(k for k in sorted(set(fp_s) | set(fp_o)) if fp_s.get(k) != fp_o.get(k))
+        raise ConfigError(f"the checkpoint {path} belongs to another run (it differs in: {detail}); resume with the "
+                          "same model, data and options, or use a fresh run directory")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ConfigError(f"the checkpoint {path} belongs to a different model ({str(exc).splitlines()[0]}); "
                           "use a fresh run directory") from exc
-    scaler.load_state_dict(state["scaler"])
-    for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
+    for hook, hook_state in zip(hooks, state.get("hooks", []), strict=True):
         hook.load_state_dict(hook_state)
     result.history.extend(state["history"])
     result.resumed_from_epoch = int(state["epoch"])
-    return result.resumed_from_epoch
+    return result.resumed_from_epoch, bool(state.get("stopped", False))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -1,6 +1,6 @@
 """The compressed file a user ships: weight-shared, Huffman-coded layers, read back bit-exact.
 
-Layout (all integers little-endian):
+Layout (integers little-endian; raw tensors in the machine's byte order, little-endian on x86 and ARM):
 
     b"CNNZDC" | version: uint16 | header length: uint32 | header (zlib-compressed UTF-8 JSON) | payload |
     SHA-256 of all before
@@ -163,7 +163,7 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
 
     layers, sizes = [], []
     for name, book in books.items():
-        module = modules[name.rsplit(".", 1)[0]]
+        module = modules[name.rsplit(".", 1)[0] if "." in name else ""]
         gap_bits = gap_bits_fc if isinstance(module, nn.Linear) else gap_bits_conv
         shape = tuple(state[name].shape)
         if not torch.equal(book.weights(shape), state[name].detach().cpu().float()):
@@ -218,7 +218,7 @@ def load_compressed(path: str | Path, model: nn.Module | None = None):
 
     `model` is needed only for architectures outside the zoo: a fresh, unpruned instance of the saved class.
     """
-    from ..modelfile import ModelMeta, _probe_output, apply_widths
+    from ..modelfile import ModelMeta, apply_widths, check_probe
     from ..models import create_model, load_weights
 
     path = Path(path)
@@ -268,8 +268,5 @@ def load_compressed(path: str | Path, model: nn.Module | None = None):
     load_weights(model, state)
     meta = ModelMeta.from_dict(header["meta"])
     probe = torch.tensor(header["probe"]["values"]).view(header["probe"]["shape"])
-    out = _probe_output(model, tuple(meta.input_shape))
-    if out.shape != probe.shape or not torch.allclose(out, probe, rtol=1e-4, atol=1e-5 * float(probe.abs().max())):
-        raise ModelError(f"{path} decoded, but the model's outputs differ from those recorded when it was saved: "
-                         "the architecture's code has changed since")
+    check_probe(model, tuple(meta.input_shape), probe, path)
     return model.eval(), meta

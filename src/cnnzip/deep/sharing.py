@@ -12,8 +12,6 @@ cluster, so all weights of a cluster take the same step, and re-ties them exactl
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -133,35 +131,33 @@ def codebooks_of(model: nn.Module, books: dict[str, Codebook]) -> dict[str, Code
 class SharedWeightsHook(TrainHook):
     """Trains centroids instead of weights: the gradient of a centroid is the sum of its weights' gradients."""
 
-    def __init__(self, books: dict[str, Codebook], skip: Iterable[str] = ()) -> None:
+    def __init__(self, books: dict[str, Codebook]) -> None:
         self.books = books
-        self.skip = [re.compile(p) for p in skip]
-        self._params: dict[str, nn.Parameter] | None = None
+        self._bound: dict[str, tuple[nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
 
-    def _bind(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        if self._params is None:
+    def _bind(self, model: nn.Module) -> dict[str, tuple[nn.Parameter, torch.Tensor, torch.Tensor]]:
+        """Each shared parameter with its positions and labels, moved to its device once."""
+        if self._bound is None:
             params = dict(model.named_parameters())
-            self._params = {k: params[k] for k in self.books}
-        return self._params
+            self._bound = {k: (params[k], b.positions.to(params[k].device), b.labels.to(params[k].device))
+                           for k, b in self.books.items()}
+        return self._bound
 
     def after_backward(self, model: nn.Module) -> None:
-        for name, p in self._bind(model).items():
+        for name, (p, pos, lab) in self._bind(model).items():
             if p.grad is None:
                 continue
-            book = self.books[name]
             g = p.grad.view(-1)
-            pos, lab = book.positions.to(g.device), book.labels.to(g.device)
-            per_centroid = torch.zeros(len(book.centroids), dtype=g.dtype, device=g.device).index_add_(0, lab, g[pos])
+            k = len(self.books[name].centroids)
+            per_centroid = torch.zeros(k, dtype=g.dtype, device=g.device).index_add_(0, lab, g[pos])
             g.zero_()
             g[pos] = per_centroid[lab]
 
     def after_step(self, model: nn.Module) -> None:
         with torch.no_grad():
-            for name, p in self._bind(model).items():
-                book = self.books[name]
+            for name, (p, pos, lab) in self._bind(model).items():
                 w = p.view(-1)
-                pos, lab = book.positions.to(w.device), book.labels.to(w.device)
-                k = len(book.centroids)
+                k = len(self.books[name].centroids)
                 sums = torch.zeros(k, dtype=w.dtype, device=w.device).index_add_(0, lab, w[pos])
                 counts = torch.bincount(lab, minlength=k).clamp(min=1).to(w.dtype)
                 values = (sums / counts)[lab]

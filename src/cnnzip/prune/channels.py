@@ -143,16 +143,14 @@ def prune_channels(
 def _apply(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
     x = _probe_input(graph.example_input)
     excluded = dict(graph.excluded)
-    pruned = graph.pruned_copy(plan)
-    err = check_equivalent(graph.masked_copy(plan), pruned, x)
+    pruned, err = _try(graph, plan, x)
     if err is None or err > TOLERANCE:
-        # Groups passed their own trial, so this is an interaction between groups: find and drop the culprits.
+        # Each group passed its own trial on probe channels; these channels, or groups together, fail.
         bad = _culprits(graph, plan, x)
         for name in bad:
-            excluded[name] = "its surgery stopped matching the masked model when combined with others"
+            excluded[name] = "its surgery on these channels did not match the masked model; left untouched"
         plan = {k: v for k, v in plan.items() if k not in bad}
-        pruned = graph.pruned_copy(plan)
-        err = check_equivalent(graph.masked_copy(plan), pruned, x)
+        pruned, err = _try(graph, plan, x)
         if err is None or err > TOLERANCE:
             raise ModelError("channel surgery could not be verified on this model; nothing was pruned. "
                              "Please report this model's structure.")
@@ -160,16 +158,23 @@ def _apply(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
     return PruneResult(model=pruned, removed=plan, widths=widths, excluded=excluded, max_error=err)
 
 
+def _try(graph: ChannelGraph, plan: dict[str, list[int]], x: torch.Tensor) -> tuple[nn.Module | None, float | None]:
+    """The pruned copy and its verification error; (None, None) if the surgery itself fails."""
+    try:
+        pruned = graph.pruned_copy(plan)
+        return pruned, check_equivalent(graph.masked_copy(plan), pruned, x)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - Torch-Pruning can fail in any way on channels it maps wrong
+        return None, None
+
+
 def _culprits(graph: ChannelGraph, plan: dict[str, list[int]], x: torch.Tensor) -> list[str]:
-    names = list(plan)
+    """Groups to drop so that the rest verifies: bisection, then one at a time if the halves interact."""
     bad: list[str] = []
 
     def ok(subset: list[str]) -> bool:
-        sub = {k: plan[k] for k in subset}
-        try:
-            err = check_equivalent(graph.masked_copy(sub), graph.pruned_copy(sub), x)
-        except Exception:  # noqa: BLE001
-            return False
+        err = _try(graph, {k: plan[k] for k in subset}, x)[1]
         return err is not None and err <= TOLERANCE
 
     def search(subset: list[str]) -> None:
@@ -178,10 +183,15 @@ def _culprits(graph: ChannelGraph, plan: dict[str, list[int]], x: torch.Tensor) 
         if len(subset) == 1:
             bad.append(subset[0])
             return
+        found = len(bad)
         search(subset[: len(subset) // 2])
         search(subset[len(subset) // 2:])
+        if len(bad) == found:
+            kept: list[str] = []
+            for name in subset:
+                (kept.append(name) if ok(kept + [name]) else bad.append(name))
 
-    search(names)
+    search(list(plan))
     return bad
 
 
@@ -212,7 +222,12 @@ def prune_to_macs(
     found: tuple[float, float] | None = None
     for _ in range(max_steps):
         mid = (lo + hi) / 2
-        reduction = 1 - count_macs(graph.pruned_copy(plan_at(mid)), shape) / base
+        try:
+            reduction = 1 - count_macs(graph.pruned_copy(plan_at(mid)), shape) / base
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - a surgery that fails here is not a usable ratio; prune less
+            reduction = -1.0
         if reduction >= macs_reduction:
             hi, found = mid, (mid, reduction)
             if reduction - macs_reduction <= tolerance:
