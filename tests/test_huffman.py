@@ -329,3 +329,20 @@ def test_sparse_index_bad_input():
         decode_positions(np.array([1, 2]), np.array([False]))
     with pytest.raises(ModelError, match="corrupt"):
         decode_positions(np.array([1, -2]), np.array([False, False]))
+
+
+def test_zero_run_tokens_round_trip_and_docstring_example():
+    from cnnzip.deep.runs import decode_runs, encode_runs
+
+    assert encode_runs(np.array([5, 6]), np.array([2, 1]), 9, 4, 4).tolist() == [7, 4, 2, 1, 5]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, k, run = int(rng.integers(0, 300)), int(rng.integers(1, 20)), int(rng.integers(1, 40))
+        positions = np.nonzero(rng.random(n) < rng.random())[0]
+        labels = rng.integers(0, k, len(positions))
+        symbols = encode_runs(positions, labels, n, k, run)
+        assert symbols.max(initial=0) < k + run
+        got_positions, got_labels = decode_runs(symbols, n, k)
+        assert np.array_equal(got_positions, positions) and np.array_equal(got_labels, labels)
+    with pytest.raises(ModelError):
+        decode_runs(encode_runs(np.array([1]), np.array([0]), 5, 2, 4), 6, 2)

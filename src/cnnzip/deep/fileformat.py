@@ -11,8 +11,8 @@ in the cheaper of two layouts, chosen per layer by the actual coded size:
 
 - `sparse` (the paper's): Huffman-coded centroid indices of the nonzero weights, plus Huffman-coded relative
   position gaps of `gap_bits` bits, with filler entries (a reserved index) where a gap overflows;
-- `dense`: one Huffman-coded index per weight, zero having its own symbol. At moderate sparsity this is smaller,
-  since Huffman already spends well under a bit on each frequent zero.
+- `runs`: one Huffman code over centroid indices and zero-run tokens (`runs.py`): the dense layout, without
+  Huffman's weakness on a frequent zero symbol. It is often the smaller one at moderate sparsity.
 
 Everything else (BatchNorm, biases, layers left unshared) is stored raw. Loading checks the checksum first, so a
 corrupt or truncated file is an error, never a wrong model; the file also records the model's outputs on a
@@ -37,6 +37,7 @@ from torch import nn
 from ..errors import ModelError
 from ..train import atomic_write_bytes
 from .huffman import HuffmanStream, entropy_bits
+from .runs import decode_runs, encode_runs
 from .sharing import Codebook
 from .sparse_index import decode_positions, encode_positions
 
@@ -85,8 +86,12 @@ class SizeReport:
         return {"layers": [layer.__dict__ for layer in self.layers], "totals": self.totals()}
 
 
-def encode_layer(book: Codebook, numel: int, gap_bits: int) -> tuple[str, dict[str, HuffmanStream], LayerSize]:
-    """Huffman-code one layer in the smaller of the sparse and dense layouts."""
+RUN_LENGTHS = (4, 16, 64)  # longest zero run of one token, tried per layer
+
+
+def encode_layer(book: Codebook, numel: int, gap_bits: int
+                 ) -> tuple[str, int, dict[str, HuffmanStream], LayerSize]:
+    """Huffman-code one layer in the smallest layout: sparse, or zero runs with one of RUN_LENGTHS."""
     k = len(book.centroids)
     positions = book.positions.numpy().astype(np.int64)
     labels = book.labels.numpy().astype(np.int64)
@@ -96,17 +101,16 @@ def encode_layer(book: Codebook, numel: int, gap_bits: int) -> tuple[str, dict[s
     symbols[~filler] = labels
     sparse = {"index": HuffmanStream.from_symbols(symbols, k + 1),
               "gap": HuffmanStream.from_symbols(gaps, 2 ** gap_bits)}
-    dense_symbols = np.full(numel, k, dtype=np.int64)  # k = zero
-    dense_symbols[positions] = labels
-    dense = {"index": HuffmanStream.from_symbols(dense_symbols, k + 1)}
 
     def coded(streams):
         return sum(s.stream_bytes + s.table_bytes for s in streams.values())
 
-    if coded(sparse) <= coded(dense):
-        layout, streams, symbol_arrays = "sparse", sparse, {"index": symbols, "gap": gaps}
-    else:
-        layout, streams, symbol_arrays = "dense", dense, {"index": dense_symbols}
+    layout, run, streams, symbol_arrays = "sparse", 0, sparse, {"index": symbols, "gap": gaps}
+    for r in RUN_LENGTHS:
+        run_symbols = encode_runs(positions, labels, numel, k, r)
+        option = {"index": HuffmanStream.from_symbols(run_symbols, k + r)}
+        if coded(option) < coded(streams):
+            layout, run, streams, symbol_arrays = "runs", r, option, {"index": run_symbols}
     codebook_bytes = 4 * k
     stream_sizes = {}
     for name, s in streams.items():
@@ -122,7 +126,7 @@ def encode_layer(book: Codebook, numel: int, gap_bits: int) -> tuple[str, dict[s
         entropy=sum(v["entropy"] + v["table"] for v in stream_sizes.values()) + codebook_bytes,
         streams=stream_sizes,
     )
-    return layout, streams, size
+    return layout, run, streams, size
 
 
 def decode_layer(layout: str, streams: dict[str, HuffmanStream], centroids: torch.Tensor,
@@ -131,11 +135,13 @@ def decode_layer(layout: str, streams: dict[str, HuffmanStream], centroids: torc
     k = len(centroids)
     numel = int(np.prod(shape)) if shape else 1
     table = np.concatenate([centroids.numpy().astype(np.float32), np.zeros(1, np.float32)])
-    if layout == "dense":
-        symbols = streams["index"].decode()
-        if len(symbols) != numel:
-            raise ModelError("a layer's index stream has the wrong length: the file is corrupt")
-        return torch.from_numpy(table[symbols].reshape(shape))
+    if layout == "runs":
+        positions, labels = decode_runs(streams["index"].decode(), numel, k)
+        out = np.zeros(numel, dtype=np.float32)
+        out[positions] = table[labels]
+        return torch.from_numpy(out.reshape(shape))
+    if layout != "sparse":
+        raise ModelError(f"unknown layer layout {layout!r}: the file is corrupt or from a newer cnnzip")
     symbols = streams["index"].decode()
     gaps = streams["gap"].decode()
     filler = symbols == k
@@ -169,10 +175,11 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
         if not torch.equal(book.weights(shape), state[name].detach().cpu().float()):
             raise ModelError(f"{name}: the model's weights are not those of its codebook; pass the codebooks "
                              "returned with this model (codebooks_of(model, books) after centroid fine-tuning)")
-        layout, streams, size = encode_layer(book, int(np.prod(shape)), gap_bits)
+        layout, run, streams, size = encode_layer(book, int(np.prod(shape)), gap_bits)
         size.name = name
         sizes.append(size)
         entry = {"name": name, "shape": list(shape), "bits": book.bits, "gap_bits": gap_bits, "layout": layout,
+                 "run": run,
                  "codebook": section(book.centroids.numpy().astype("<f4").tobytes()), "streams": {}}
         for sname, s in streams.items():
             entry["streams"][sname] = {"lengths": section(s.lengths.astype(np.uint8).tobytes()),

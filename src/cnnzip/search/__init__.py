@@ -1,0 +1,20 @@
+"""Search for the smallest model that meets a target accuracy, across network slimming and deep compression.
+
+    result = search(model, Evaluator(val_batches), meta, SearchConfig(target=0.90, strategy="bisect"), "runs/s")
+    result.best.size, result.best.ratios, result.path     # the winner's real file
+
+Strategies: `grid` (brute force), `margin` (the paper's three-step heuristic), `bisect` (ours: guarded
+bisection with the Evaluator's exact early exit). Every trial is recorded; a killed search resumes.
+"""
+
+from .candidates import ORDERS, Candidate, Compressor, Pipeline
+from .run import SearchConfig, SearchResult, resolve_target, search
+from .strategies import STRATEGIES, bisect_search, grid_search, margin_search
+from .trials import BudgetExhausted, Trial, Trials
+
+__all__ = [
+    "ORDERS", "Candidate", "Compressor", "Pipeline",
+    "SearchConfig", "SearchResult", "resolve_target", "search",
+    "STRATEGIES", "bisect_search", "grid_search", "margin_search",
+    "BudgetExhausted", "Trial", "Trials",
+]

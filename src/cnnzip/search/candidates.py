@@ -1,0 +1,112 @@
+"""One point of the search space: a model compressed by two methods at two ratios, and its real size.
+
+The two methods are network slimming (structured, "ns") and deep compression (unstructured, "dc": magnitude
+pruning, weight sharing, Huffman coding), applied in either order. The size of a candidate is the length of the
+file a user would ship: the compressed file when deep compression is part of the pipeline, otherwise the cnnzip
+model file of the channel-pruned fp32 model.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..deep import MagnitudePruning, WeightSharing, prune_magnitude, save_compressed, share_weights
+from ..errors import ConfigError
+from ..modelfile import ModelMeta, save_model
+from ..prune import ChannelPruning, analyze, plan_channels
+from ..prune.channels import _apply
+
+__all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS"]
+
+ORDERS = ("ns-dc", "dc-ns", "ns", "dc")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Which methods, in which order, with which fixed settings. Pure data.
+
+    `order`: 'ns-dc' (slimming first), 'dc-ns' (deep compression's pruning first), 'ns' or 'dc' alone.
+    `structured`: the channel importance (slimming = |BN gamma|, or l1, l2, fpgm).
+    """
+
+    order: str = "ns-dc"
+    structured: str = "slimming"
+    conv_bits: int = 8
+    fc_bits: int = 5
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ConfigError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}")
+        object.__setattr__(self, "skip", tuple(self.skip))
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The methods whose ratios the search sets, first one first."""
+        return tuple(self.order.split("-"))
+
+
+@dataclass
+class Candidate:
+    ratios: tuple[float, ...]
+    model: nn.Module
+    size: int  # bytes of the shipped file
+    path: Path | None = None
+    notes: dict = field(default_factory=dict)
+
+
+class Compressor:
+    """Builds candidates of one pipeline from one trained model, caching the channel analysis."""
+
+    def __init__(self, model: nn.Module, pipeline: Pipeline, meta: ModelMeta, workdir: str | Path | None = None):
+        self.model = copy.deepcopy(model).cpu().eval()
+        self.pipeline = pipeline
+        self.meta = meta
+        self.example = torch.zeros(1, *meta.input_shape)
+        self._graph = None
+        self._tmp = tempfile.TemporaryDirectory() if workdir is None else None
+        self.workdir = Path(workdir) if workdir is not None else Path(self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def build(self, ratios: tuple[float, ...], keep_file: Path | None = None) -> Candidate:
+        """The candidate at `ratios` (one per method of the pipeline, in its order)."""
+        if len(ratios) != len(self.pipeline.axes):
+            raise ConfigError(f"pipeline {self.pipeline.order} takes {len(self.pipeline.axes)} ratios")
+        model = self.model
+        for method, ratio in zip(self.pipeline.axes, ratios, strict=True):
+            if method == "ns":
+                model = self._channel_prune(model, ratio)
+            elif ratio > 0:
+                model, _ = prune_magnitude(model, MagnitudePruning(ratio=ratio, skip=self.pipeline.skip))
+        path = keep_file or self.workdir / "candidate"
+        if "dc" in self.pipeline.axes:
+            shared, books = share_weights(model, WeightSharing(conv_bits=self.pipeline.conv_bits,
+                                                               fc_bits=self.pipeline.fc_bits,
+                                                               skip=self.pipeline.skip))
+            report = save_compressed(path, shared, books, self.meta)
+            return Candidate(ratios, shared, report.file_bytes, path if keep_file else None)
+        save_model(path, model, self.meta)
+        return Candidate(ratios, model, path.stat().st_size, path if keep_file else None)
+
+    def _channel_prune(self, model: nn.Module, ratio: float) -> nn.Module:
+        if ratio == 0:
+            return model
+        if self._graph is None:
+            self._graph = analyze(self.model, self.example, skip=self.pipeline.skip)
+        graph = self._graph
+        if model is not self.model:
+            # Same architecture, other weights (magnitude-pruned first): its groups are the original's, already
+            # tried; the surgery below is verified in full as always.
+            graph = analyze(model, self.example, skip=self.pipeline.skip, verify=False)
+            trusted = {g.name for g in self._graph.groups}
+            graph.groups = [g for g in graph.groups if g.name in trusted]
+            graph.excluded = dict(self._graph.excluded)
+        config = ChannelPruning(method=self.pipeline.structured, ratio=ratio, skip=self.pipeline.skip)
+        plan = {k: v for k, v in plan_channels(graph, config).items() if v}
+        return _apply(graph, plan).model

@@ -1,0 +1,130 @@
+"""`search`: the smallest file that still meets the user's accuracy target, found on the validation split.
+
+A search is a run directory: `config.json` (what was asked), `trials.jsonl` (every accuracy check), and at the
+end `best.cnnz` (or `best.pt` without deep compression) and `result.json`. Rerunning the same search in the same
+directory resumes it: recorded trials are replayed, not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..measure import Evaluator
+from ..modelfile import ModelMeta
+from .candidates import Compressor, Pipeline
+from .strategies import STRATEGIES
+from .trials import Trial, Trials
+
+__all__ = ["SearchConfig", "SearchResult", "search", "resolve_target"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search. Pure data; it is written to the run directory and a resumed run must match it.
+
+    The target is an absolute accuracy (`target=0.9`) or a drop from the baseline's validation accuracy
+    (`drop=0.01` = one point below). `step` is the grid spacing of every ratio axis, from 0 to `max_ratio`.
+    """
+
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    strategy: str = "bisect"
+    target: float | None = None
+    drop: float | None = None
+    step: float = 0.05
+    max_ratio: float = 0.95
+    margin: int = 5
+    early_exit: bool | None = None  # default: on for bisect, off for grid and margin (as the paper)
+    max_checks: int | None = None
+    time_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        if (self.target is None) == (self.drop is None):
+            raise ConfigError("give exactly one of target (an accuracy) and drop (points below the baseline)")
+        if self.target is not None and not 0 < self.target <= 1:
+            raise ConfigError(f"the target accuracy must be in (0, 1]; got {self.target}")
+        if self.drop is not None and not 0 <= self.drop < 1:
+            raise ConfigError(f"the drop must be in [0, 1); got {self.drop}")
+        if not 0 < self.step <= self.max_ratio < 1:
+            raise ConfigError("need 0 < step <= max_ratio < 1")
+        if self.margin < 0:
+            raise ConfigError("margin must be >= 0")
+
+    @property
+    def grid(self) -> list[float]:
+        n = int(round(self.max_ratio / self.step)) + 1
+        return [round(i * self.step, 10) for i in range(n) if i * self.step <= self.max_ratio + 1e-9]
+
+    @property
+    def uses_early_exit(self) -> bool:
+        return self.strategy == "bisect" if self.early_exit is None else self.early_exit
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pipeline"]["skip"] = list(self.pipeline.skip)
+        return d
+
+
+@dataclass
+class SearchResult:
+    best: Trial | None
+    target: float
+    baseline_accuracy: float
+    cost: dict[str, float]
+    trials: list[Trial]
+    path: Path | None  # the winner's file
+    complete: bool  # False if a budget stopped the search
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"best": self.best.__dict__ if self.best else None, "target": self.target,
+                "baseline_accuracy": self.baseline_accuracy, "cost": self.cost, "complete": self.complete,
+                "path": str(self.path) if self.path else None}
+
+
+def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
+    """The absolute accuracy to meet; a target above the baseline is refused with advice."""
+    target = config.target if config.target is not None else baseline_accuracy - config.drop
+    if target > baseline_accuracy:
+        raise ConfigError(f"the target accuracy {target:.2%} is above the model's own validation accuracy "
+                          f"{baseline_accuracy:.2%}: no compressed model can meet it. Lower the target, or "
+                          "give it as a drop from the baseline (--drop)")
+    return target
+
+
+def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: SearchConfig,
+           run_dir: str | Path) -> SearchResult:
+    """Search for the smallest candidate whose accuracy on `evaluator` (a validation split) meets the target.
+
+    The caller's model is not changed. The winner is written to `run_dir` and its trials to trials.jsonl.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    config_path = run / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config.as_dict():
+        raise ConfigError(f"{run} holds a search with other settings; use the same settings to resume it, or "
+                          "another run directory")
+    config_path.write_text(json.dumps(config.as_dict(), indent=2))
+    baseline = evaluator.evaluate(model).accuracy
+    target = resolve_target(config, baseline)
+    compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp")
+    trials = Trials(compressor, evaluator, target, config.grid, run / "trials.jsonl", strategy=config.strategy,
+                    early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget)
+    strategy = STRATEGIES[config.strategy]
+    n = len(config.grid)
+    best = strategy(trials, n) if config.strategy == "grid" else strategy(trials, n, config.margin)
+    path = None
+    if best is not None:
+        suffix = ".cnnz" if "dc" in config.pipeline.axes else ".pt"
+        path = run / f"best{suffix}"
+        compressor.build(best.ratios, keep_file=path)
+    result = SearchResult(best=best, target=target, baseline_accuracy=baseline, cost=trials.cost(),
+                          trials=list(trials.done.values()), path=path, complete=not trials.exhausted)
+    (run / "result.json").write_text(json.dumps(result.as_dict(), indent=2))
+    return result

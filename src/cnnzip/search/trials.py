@@ -1,0 +1,107 @@
+"""Accuracy checks of candidates, recorded in a JSON-lines file so that a killed search resumes where it stopped.
+
+A trial is one accuracy check of one candidate (grid indices into the ratio axes). Every trial is appended to
+`trials.jsonl` as soon as it finishes; a rerun of the same search replays recorded trials instead of computing
+them again, and the cost of the search (checks, images evaluated, seconds) is read from the records, so it is
+the same whether or not the search was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..measure import Evaluator
+from .candidates import Compressor
+
+__all__ = ["Trial", "Trials", "BudgetExhausted"]
+
+
+class BudgetExhausted(Exception):
+    """Raised inside a strategy when --max-checks or --time-budget is reached; the search returns its best."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: tuple[int, ...]
+    ratios: tuple[float, ...]
+    passed: bool
+    accuracy: float  # exact if `complete`, else accuracy on the images seen before the early exit
+    complete: bool
+    images: int
+    size: int
+    seconds: float
+
+
+class Trials:
+    """Answers "does the candidate at these grid indices meet the target?", recording every answer."""
+
+    def __init__(self, compressor: Compressor, evaluator: Evaluator, target: float, grid: list[float],
+                 log: str | Path, *, strategy: str, early_exit: bool, max_checks: int | None = None,
+                 time_budget: float | None = None) -> None:
+        self.compressor, self.evaluator, self.target, self.grid = compressor, evaluator, target, grid
+        self.strategy, self.early_exit = strategy, early_exit
+        self.max_checks, self.time_budget = max_checks, time_budget
+        self.log = Path(log)
+        self._key = {"strategy": strategy, "order": compressor.pipeline.order, "target": target,
+                     "early_exit": early_exit}
+        self.done: dict[tuple[int, ...], Trial] = {}
+        self.new_checks = 0
+        self.exhausted = False  # set when a budget stopped the search
+        self.started = time.perf_counter()
+        if self.log.exists():
+            for line in self.log.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:  # a line cut short by a kill: that trial runs again
+                    continue
+                if isinstance(rec, dict) and all(rec.get(k) == v for k, v in self._key.items()):
+                    t = Trial(index=tuple(rec["index"]), ratios=tuple(rec["ratios"]), passed=rec["passed"],
+                              accuracy=rec["accuracy"], complete=rec["complete"], images=rec["images"],
+                              size=rec["size"], seconds=rec["seconds"])
+                    self.done[t.index] = t
+
+    def ratios(self, index: tuple[int, ...]) -> tuple[float, ...]:
+        return tuple(self.grid[i] for i in index)
+
+    def check(self, index: tuple[int, ...]) -> Trial:
+        if index in self.done:
+            return self.done[index]
+        if self.max_checks is not None and len(self.done) >= self.max_checks:
+            self.exhausted = True
+            raise BudgetExhausted(f"reached --max-checks {self.max_checks}")
+        if self.time_budget is not None and time.perf_counter() - self.started > self.time_budget:
+            self.exhausted = True
+            raise BudgetExhausted(f"reached --time-budget {self.time_budget} s")
+        started = time.perf_counter()
+        candidate = self.compressor.build(self.ratios(index))
+        if self.early_exit:
+            r = self.evaluator.check(candidate.model, self.target)
+        else:
+            r = self.evaluator.evaluate(candidate.model)
+        trial = Trial(index=index, ratios=self.ratios(index), passed=r.accuracy >= self.target if r.complete
+                      else bool(r.passed), accuracy=r.accuracy, complete=r.complete, images=r.evaluated,
+                      size=candidate.size, seconds=time.perf_counter() - started)
+        self.done[index] = trial
+        self.new_checks += 1
+        self._append(trial)
+        return trial
+
+    def _append(self, trial: Trial) -> None:
+        rec = {**self._key, **trial.__dict__, "index": list(trial.index), "ratios": list(trial.ratios)}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as f:  # one line per trial, flushed at once: a kill loses at most the current one
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def cost(self) -> dict[str, float]:
+        return {"checks": len(self.done), "images": sum(t.images for t in self.done.values()),
+                "seconds": sum(t.seconds for t in self.done.values())}
+
+    def best(self) -> Trial | None:
+        passing = [t for t in self.done.values() if t.passed]
+        return min(passing, key=lambda t: (t.size, t.index)) if passing else None
