@@ -1,0 +1,144 @@
+"""The target-accuracy search: strategies on a known landscape, then a real search that resumes."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cnnzip.data import Loader, load_digits, train_val_split
+from cnnzip.errors import ConfigError
+from cnnzip.measure import Evaluator
+from cnnzip.modelfile import ModelMeta, load
+from cnnzip.models import create_model
+from cnnzip.search import (
+    BudgetExhausted,
+    Pipeline,
+    SearchConfig,
+    Trial,
+    bisect_search,
+    grid_search,
+    margin_search,
+    search,
+)
+from cnnzip.train import TrainConfig, fit
+
+
+class Landscape:
+    """A stand-in for Trials: pass/fail and size are known functions of the grid indices."""
+
+    def __init__(self, passes, size, axes=2, max_checks=None):
+        self.passes, self.size, self.max_checks = passes, size, max_checks
+        self.compressor = SimpleNamespace(pipeline=SimpleNamespace(axes=("ns", "dc")[:axes]))
+        self.done = {}
+
+    def check(self, index):
+        if index not in self.done:
+            if self.max_checks is not None and len(self.done) >= self.max_checks:
+                raise BudgetExhausted("budget")
+            self.done[index] = Trial(index, index, self.passes(*index), 0.0, True, 0, self.size(*index), 0.0)
+        return self.done[index]
+
+    def best(self):
+        passing = [t for t in self.done.values() if t.passed]
+        return min(passing, key=lambda t: (t.size, t.index)) if passing else None
+
+
+def monotone():
+    # Feasible when i + 2j <= 24; size falls faster with j (the unstructured method) than with i.
+    return Landscape(lambda i, j=0: i + 2 * j <= 24, lambda i, j=0: 10_000 - 40 * i - 100 * j)
+
+
+def test_grid_margin_and_bisect_on_a_monotone_landscape():
+    n = 20
+    grid = grid_search(l_grid := monotone(), n)
+    margin = margin_search(l_margin := monotone(), n, margin=5)
+    bis = bisect_search(l_bis := monotone(), n, margin=5)
+    assert grid.index == (0, 12) and grid.size == 8_800
+    # The margin window [p1 - 5, p1] = [14, 19] does not reach the optimum at i = 0: the heuristic's known limit.
+    assert margin.passed and margin.index == (14, 5)
+    assert bis.index == margin.index  # the same answer as the heuristic it accelerates
+    assert len(l_bis.done) < len(l_margin.done) < len(l_grid.done) == n * n
+    # With a margin wide enough, both reach the grid's optimum.
+    assert bisect_search(monotone(), n, margin=19).index == grid.index
+    assert margin_search(monotone(), n, margin=19).index == grid.index
+
+
+def test_bisect_guards_against_a_point_that_breaks_the_trend():
+    def passes(i, j=0):
+        return i + 2 * j <= 24 and (i, j) != (19, 3)  # one failing point inside the feasible region
+
+    def size(i, j=0):
+        return 10_000 - 40 * i - 100 * j
+
+    found = bisect_search(Landscape(passes, size), 20, margin=0).index
+    assert found == (19, 2)  # the true limit at i = 19 is j = 2 (19 + 4 <= 24); the blip at j = 3 is a fail
+    blip = Landscape(lambda i, j=0: i <= 15 or i == 17, lambda i, j=0: -i, axes=1)
+    assert bisect_search(blip, 20, margin=0).index == (17,)  # a pass above a fail is found by the guard
+
+
+def test_budget_stops_with_the_best_so_far():
+    land = monotone()
+    land.max_checks = 7
+    best = margin_search(land, 20, margin=5)
+    assert len(land.done) == 7 and best is not None and best.passed
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    ds = load_digits()
+    train, val = train_val_split(ds.train, val_size=0.2, seed=0)
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=10, in_channels=1)
+    fit(model, Loader(train, 64, shuffle=True, mean=ds.mean, std=ds.std), TrainConfig(epochs=6, lr=0.05),
+        progress=False)
+    meta = ModelMeta(ds.mean, ds.std, (1, 8, 8), ds.classes)
+    return model.eval(), Evaluator(Loader(val, 500, mean=ds.mean, std=ds.std)), meta
+
+
+def test_real_search_meets_the_target_and_resumes(digits_model, tmp_path):
+    model, val, meta = digits_model
+    cfg = SearchConfig(pipeline=Pipeline(order="ns-dc", conv_bits=5, fc_bits=5), strategy="bisect", drop=0.03,
+                       step=0.2, max_ratio=0.8, margin=2)
+    result = search(model, val, meta, cfg, tmp_path / "run")
+    assert result.best is not None and result.best.passed and result.complete
+    # The winner's file is real: it loads, its size is its length, and it meets the target on the same split.
+    assert result.path.stat().st_size == result.best.size
+    loaded, _ = load(result.path)
+    assert val.evaluate(loaded).accuracy >= result.target
+    lines = (tmp_path / "run" / "trials.jsonl").read_text().splitlines()
+    assert len(lines) == result.cost["checks"]
+
+    # Rerunning resumes: nothing is recomputed, the answer is the same.
+    again = search(model, val, meta, cfg, tmp_path / "run")
+    assert again.best == result.best and again.cost == result.cost
+    assert len((tmp_path / "run" / "trials.jsonl").read_text().splitlines()) == len(lines)
+
+    # A search stopped by its budget, then resumed without it, ends where the uninterrupted one did.
+    cut = SearchConfig(**{**cfg.__dict__, "max_checks": 3})
+    partial = search(model, val, meta, cut, tmp_path / "cut")
+    assert not partial.complete and partial.cost["checks"] == 3
+    (tmp_path / "cut" / "config.json").write_text(json.dumps(cfg.as_dict()))  # same search, budget lifted
+    resumed = search(model, val, meta, cfg, tmp_path / "cut")
+    assert resumed.best.index == result.best.index and resumed.best.size == result.best.size
+
+    with pytest.raises(ConfigError, match="other settings"):
+        search(model, val, meta, SearchConfig(**{**cfg.__dict__, "step": 0.4}), tmp_path / "run")
+
+
+def test_grid_finds_the_smallest_passing_point(digits_model, tmp_path):
+    model, val, meta = digits_model
+    cfg = SearchConfig(pipeline=Pipeline(order="dc-ns", conv_bits=4, fc_bits=4), strategy="grid", drop=0.05,
+                       step=0.3, max_ratio=0.6)
+    result = search(model, val, meta, cfg, tmp_path)
+    assert result.cost["checks"] == 9
+    passing = [t for t in result.trials if t.accuracy >= result.target]
+    assert result.best.size == min(t.size for t in passing)
+
+
+def test_a_target_above_the_baseline_is_refused(digits_model, tmp_path):
+    model, val, meta = digits_model
+    with pytest.raises(ConfigError, match="above the model's own"):
+        search(model, val, meta, SearchConfig(target=1.0), tmp_path)
+    with pytest.raises(ConfigError):
+        SearchConfig(target=0.9, drop=0.01)
