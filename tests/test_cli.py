@@ -153,3 +153,19 @@ def test_resume_refuses_other_data_or_weights(tmp_path, capsys):
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--lr", "0.05",
                  "--batch-size", "64"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_search_command_finds_and_resumes(tmp_path, capsys):
+    model = tmp_path / "digits.pt"
+    assert main(["demo", "--epochs", "5", "--out", str(model)]) == 0
+    args = ["search", str(model), "--drop", "0.03", "--step", "0.25", "--max-ratio", "0.75", "--margin", "1",
+            "--conv-bits", "5", "--out", str(tmp_path / "s")]
+    capsys.readouterr()
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "smallest passing" in first and "test accuracy (evaluated once)" in first
+    assert main(args) == 0  # resumes from trials.jsonl: same answer, same recorded cost
+    again = capsys.readouterr().out
+    assert first.splitlines()[1:3] == again.splitlines()[1:3]
+    assert main(["search", str(model), "--target-acc", "0.999", "--out", str(tmp_path / "u")]) == 2
+    assert "above the model's own" in capsys.readouterr().err

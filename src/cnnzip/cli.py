@@ -162,6 +162,35 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_deep)
 
+    s = sub.add_parser("search", help="find the smallest file that meets a target accuracy (slimming + deep "
+                       "compression)", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_SEARCH,
+                       description="Search the ratios of network slimming and deep compression, in either order, "
+                       "for the smallest compressed file whose validation accuracy meets the target. Every "
+                       "accuracy check is recorded in OUT/trials.jsonl; rerun the same command to resume. The "
+                       "winner is written to OUT/best.cnnz and evaluated once on the test split.")
+    s.add_argument("model_path", type=Path, metavar="MODEL", help="cnnzip model file or raw weights (for "
+                   "slimming, a model trained with --sparsity)")
+    s.add_argument("--model", default=None, help="architecture for raw weights")
+    _add_data_args(s)
+    goal = s.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-acc", type=float, help="validation accuracy to meet, e.g. 0.90")
+    goal.add_argument("--drop", type=float, help="accepted drop below the baseline's validation accuracy, "
+                      "e.g. 0.01 for one point")
+    s.add_argument("--strategy", choices=["grid", "margin", "bisect"], default="bisect")
+    s.add_argument("--order", choices=["ns-dc", "dc-ns", "ns", "dc"], default="ns-dc",
+                   help="methods and their order: ns = network slimming, dc = deep compression")
+    s.add_argument("--structured", choices=["slimming", "l1", "l2", "fpgm"], default="slimming")
+    s.add_argument("--margin", type=int, default=5, help="the heuristic's margin, in grid steps")
+    s.add_argument("--step", type=float, default=0.05, help="grid step of every ratio (default 0.05)")
+    s.add_argument("--max-ratio", type=float, default=0.95)
+    s.add_argument("--conv-bits", type=int, default=8)
+    s.add_argument("--fc-bits", type=int, default=5)
+    s.add_argument("--max-checks", type=int, default=None, help="stop after this many accuracy checks")
+    s.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    s.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    s.add_argument("--out", type=Path, default=Path("runs/search"))
+    s.set_defaults(func=_cmd_search)
+
     s = sub.add_parser("export", help="write a model as an ONNX file (checked against PyTorch)",
                        description="Export a model file or raw weights to ONNX with a dynamic batch size. The "
                        "file is checked with onnx.checker and its outputs compared with PyTorch's before it is "
@@ -203,6 +232,15 @@ EPILOG_DEEP = """examples:
   cnnzip deep-compress runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
       --sparsity 0.8 --finetune-epochs 1 --conv-bits 5 --fc-bits 5 --out runs/r56-dc
   cnnzip eval runs/r56-dc/model.cnnz --data ../shared/datasets/cifar10-jpeg.tar.gz"""
+
+
+EPILOG_SEARCH = """examples:
+  cnnzip search runs/vgg-sparse/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+      --drop 0.01 --strategy bisect --out runs/vgg-search
+  cnnzip search runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+      --target-acc 0.88 --strategy margin --margin 5 --step 0.05 --out runs/r56-margin
+Decisions use the validation split (held out from the training images); the test split is used once, at the
+end, for the winner."""
 
 
 def _add_data_args(s: argparse.ArgumentParser) -> None:
@@ -485,6 +523,47 @@ def _cmd_deep(args) -> int:
           f"{totals['ratio']:.1f}x smaller")
     print(f"sparsity {sparsity(shared, args.skip):.1%}; " + "; ".join(f"{k} {v:.2%}" for k, v in accuracy.items())
           + " (test accuracy; the file reloads to the same accuracy)")
+    return 0
+
+
+def _cmd_search(args) -> int:
+    from .data import Loader
+    from .measure import Evaluator
+    from .modelfile import load, load_any
+    from .search import Pipeline, SearchConfig, search
+
+    ds, _, val = _dataset(args)
+    if val is None:
+        raise ConfigError("a search decides on a validation split: set --val-size above 0")
+    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
+    _check_fits(model, meta, ds, str(args.model_path))
+    mean, std = _norm(args.norm, meta, ds)
+    from .modelfile import ModelMeta
+
+    meta = ModelMeta(mean, std, (ds.in_channels, *ds.image_size), ds.classes)
+    config = SearchConfig(
+        pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
+                          fc_bits=args.fc_bits),
+        strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
+        margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget)
+    evaluator = Evaluator(Loader(val, args.batch_size, mean=mean, std=std))
+    result = search(model.cpu().eval(), evaluator, meta, config, args.out)
+    cost = result.cost
+    print(f"baseline validation accuracy {result.baseline_accuracy:.2%}; target {result.target:.2%}")
+    print(f"{cost['checks']:.0f} accuracy checks, {cost['images']:,.0f} images evaluated, {cost['seconds']:.0f} s"
+          + ("" if result.complete else " (stopped by the budget: rerun without it to finish)"))
+    if result.best is None:
+        print("no candidate met the target, even the smallest ratios; the model itself may be below it")
+        return 1
+    best = result.best
+    winner, _ = load(result.path)
+    test = Evaluator(Loader(ds.test, args.batch_size, mean=mean, std=std)).evaluate(winner).accuracy
+    names = dict(zip(config.pipeline.axes, best.ratios, strict=True))
+    print(f"smallest passing: {', '.join(f'{k} ratio {v:.2f}' for k, v in names.items())}: {best.size:,} bytes, "
+          f"validation accuracy {best.accuracy:.2%}{'' if best.complete else ' (early exit)'}")
+    print(f"test accuracy (evaluated once) {test:.2%}; file {result.path}")
+    summary = result.as_dict() | {"test_accuracy": test}
+    (args.out / "result.json").write_text(json.dumps(summary, indent=2))
     return 0
 
 
