@@ -364,14 +364,8 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from .data import Loader
     from .measure import Evaluator
-    from .modelfile import load_any
-    from .train import select_device
 
-    device = select_device(args.device)
-    ds, train, val = _dataset(args)
-    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
-    _check_fits(model, meta, ds, str(args.model_path))
-    mean, std = _norm(args.norm, meta, ds)
+    device, ds, train, val, model, meta, mean, std = _prepare(args)
     split = {"test": ds.test, "train": train, "val": val}[args.split]
     if split is None:
         raise ConfigError("--split val needs a validation split: set --val-size above 0")
@@ -395,16 +389,12 @@ def _cmd_prune(args) -> int:
 
     from .data import Loader
     from .measure import Evaluator
-    from .modelfile import ModelMeta, load_any, save_model
+    from .modelfile import ModelMeta, save_model
     from .prune import ChannelPruning, prune_channels, prune_to_macs
     from .report import describe, format_table, ratio_row
-    from .train import TrainConfig, fit, select_device
+    from .train import TrainConfig, fit
 
-    device = select_device(args.device)
-    ds, train, val = _dataset(args)
-    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
-    _check_fits(model, meta, ds, str(args.model_path))
-    mean, std = _norm(args.norm, meta, ds)
+    device, ds, train, val, model, meta, mean, std = _prepare(args)
     shape = (ds.in_channels, *ds.image_size)
     batches_latency = [] if args.latency_batches == "none" else _int_list(args.latency_batches, "--latency-batches")
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std), device="cpu")
@@ -465,14 +455,10 @@ def _cmd_deep(args) -> int:
         sparsity,
     )
     from .measure import Evaluator
-    from .modelfile import ModelMeta, load_any
-    from .train import TrainConfig, fit, select_device
+    from .modelfile import ModelMeta
+    from .train import TrainConfig, fit
 
-    device = select_device(args.device)
-    ds, train, val = _dataset(args)
-    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
-    _check_fits(model, meta, ds, str(args.model_path))
-    mean, std = _norm(args.norm, meta, ds)
+    device, ds, train, val, model, meta, mean, std = _prepare(args)
     shape = (ds.in_channels, *ds.image_size)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std), device="cpu")
     pruning = None
@@ -529,17 +515,12 @@ def _cmd_deep(args) -> int:
 def _cmd_search(args) -> int:
     from .data import Loader
     from .measure import Evaluator
-    from .modelfile import load, load_any
+    from .modelfile import ModelMeta, load
     from .search import Pipeline, SearchConfig, search
 
-    ds, _, val = _dataset(args)
+    _, ds, _, val, model, meta, mean, std = _prepare(args)
     if val is None:
         raise ConfigError("a search decides on a validation split: set --val-size above 0")
-    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
-    _check_fits(model, meta, ds, str(args.model_path))
-    mean, std = _norm(args.norm, meta, ds)
-    from .modelfile import ModelMeta
-
     meta = ModelMeta(mean, std, (ds.in_channels, *ds.image_size), ds.classes)
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
@@ -619,6 +600,19 @@ def torch_seed(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
+
+
+def _prepare(args):
+    """Device, dataset and splits, the model from MODEL (checked against the data), and its normalisation."""
+    from .modelfile import load_any
+    from .train import select_device
+
+    device = select_device(args.device)
+    ds, train, val = _dataset(args)
+    model, meta = load_any(args.model_path, args.model, **_model_kwargs(args, ds))
+    _check_fits(model, meta, ds, str(args.model_path))
+    mean, std = _norm(args.norm, meta, ds)
+    return device, ds, train, val, model, meta, mean, std
 
 
 def _dataset(args):
