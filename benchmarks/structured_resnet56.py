@@ -4,8 +4,9 @@
 
 Starts from the JPEG-fine-tuned ResNet-56 (benchmarks/baseline_resnet56.py). Each variant prunes, fine-tunes
 `--epochs` epochs on the JPEG training images (lr 0.01, cosine), and is measured the same way: accuracy on the
-10,000 test images, parameters, MACs, bytes of the saved state dict, and latency at batch 1 and 256 in eager
-PyTorch and in ONNX Runtime (interleaved). The zero-padded shortcuts couple the residual stream in a way no
+10,000 test images, parameters, MACs, bytes of the saved state dict. Latency at batch 1 and 256, in eager
+PyTorch and in ONNX Runtime, is measured at the end for all models together, in interleaved rounds, so that the
+machine's load falls on every model alike. The zero-padded shortcuts couple the residual stream in a way no
 tracer maps right, so all variants prune the blocks' inner channels (conv1 of each block); Torch-Pruning is
 told to do the same by ignoring every other layer. Resumable: finished variants are kept in
 benchmarks/results/structured_resnet56.partial.json, fine-tunes checkpoint every epoch.
@@ -24,7 +25,7 @@ from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.measure import Evaluator
 from cnnzip.modelfile import load_model
 from cnnzip.prune import ChannelPruning, prune_channels, prune_to_macs
-from cnnzip.report import describe, format_table
+from cnnzip.report import describe, format_table, latency_table
 from cnnzip.train import TrainConfig, fit
 
 PARTIAL = RESULTS / "structured_resnet56.partial.json"
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--macs-reduction", type=float, default=0.4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = steadier timings on shared cores)")
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
+    ap.add_argument("--repeats", type=int, default=10, help="timed passes per model, batch and round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ensure()
@@ -67,24 +70,31 @@ def main() -> None:
     variants["cnnzip l1"] = prune_channels(base, ChannelPruning(method="l1", ratio=ratio), example)
     variants["cnnzip random"] = prune_channels(base, ChannelPruning(method="random", ratio=ratio, seed=0), example)
     if "original" not in done:
-        done["original"] = describe(base, SHAPE, evaluator=test)
+        done["original"] = describe(base, SHAPE, evaluator=test, latency_batches=())
         PARTIAL.write_text(json.dumps(done, indent=2))
+    models = {"original": base}
     for name in ["cnnzip fpgm", "cnnzip l1", "cnnzip random", "torch-pruning l1"]:
-        if name in done:
-            continue
         started = time.perf_counter()
         model = variants[name].model if name in variants else torch_pruning_l1(base, ratio)
-        pruned_acc = test.evaluate(model).accuracy
+        pruned_acc = test.evaluate(model).accuracy if name not in done else done[name]["accuracy_before_finetune"]
         batches = Loader(train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
         ckpt = REPO / "runs" / "bench-structured" / f"{name.replace(' ', '-')}.pt"
+        # A finished fine-tune is restored from its checkpoint without training again.
         fit(model, batches, TrainConfig(epochs=args.epochs, lr=args.lr, seed=0), checkpoint=ckpt, progress=False)
-        row = describe(model.eval(), SHAPE, evaluator=test)
+        models[name] = model.eval()
+        if name in done:
+            continue
+        row = describe(model, SHAPE, evaluator=test, latency_batches=())
         row["accuracy_before_finetune"] = pruned_acc
         row["macs_reduction"] = 1 - row["macs"] / done["original"]["macs"]
         row["minutes"] = (time.perf_counter() - started) / 60
         done[name] = row
         PARTIAL.write_text(json.dumps(done, indent=2))
         print(f"{name}: {json.dumps(row)}", flush=True)
+
+    latency = latency_table(models, SHAPE, (1, 256), rounds=args.rounds, repeats=args.repeats)
+    for name, lat in latency.items():
+        done[name] = {k: v for k, v in done[name].items() if "_ms_" not in k} | lat
 
     print(format_table(done))
     orig = done["original"]
@@ -100,6 +110,7 @@ def main() -> None:
         ratios[name]["ort_b1_speedup_over_macs_speedup"] = ratios[name]["speedup_ort_ms_b1"] * ratios[name]["macs_ratio"]
     print(json.dumps(ratios, indent=2))
     save("structured_resnet56", {"epochs": args.epochs, "lr": args.lr, "macs_reduction_goal": args.macs_reduction,
+                                 "latency_rounds": args.rounds, "latency_repeats": args.repeats,
                                  "per_layer_ratio": ratio, "threads": args.threads, "rows": done, "ratios": ratios,
                                  "excluded": fpgm.excluded,
                                  "data": "shared cifar10-jpeg: 45,000 train (5,000 held out), 10,000 test"})

@@ -14,7 +14,7 @@ from torch import nn
 
 from .measure import Evaluator, count_macs, count_nonzero, count_parameters, measure_latency, saved_bytes
 
-__all__ = ["describe", "format_table", "ratio_row"]
+__all__ = ["describe", "format_table", "ratio_row", "latency_table"]
 
 
 def describe(
@@ -49,6 +49,44 @@ def describe(
         for b in latency_batches:
             row[f"eager_ms_b{b}"] = measure_latency(model, input_shape, b, repeats=repeats).median_ms
     return row
+
+
+def latency_table(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    batch_sizes: Sequence[int] = (1, 256),
+    *,
+    rounds: int = 5,
+    repeats: int = 10,
+    onnx: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Latency of several models measured side by side: `rounds` rounds, each timing every model (in a rotating
+    order) in eager PyTorch and ONNX Runtime, so that load from other processes falls on all of them alike.
+    Returns, per model, the median milliseconds as `eager_ms_b<B>` and `ort_ms_b<B>`."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    use_onnx = onnx and importlib.util.find_spec("onnxruntime") is not None
+    times: dict[str, dict[str, list[float]]] = {n: {} for n in models}
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        if use_onnx:
+            from .deploy import export_onnx, measure_onnx_latency, onnx_session
+
+            for name, model in models.items():
+                path = export_onnx(model, Path(tmp) / f"{len(sessions)}.onnx", input_shape)
+                sessions[name] = onnx_session(path)
+        names = list(models)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                for b in batch_sizes:
+                    lat = measure_latency(models[name], input_shape, b, warmup=2, repeats=repeats)
+                    times[name].setdefault(f"eager_ms_b{b}", []).append(lat.median_ms)
+                    if use_onnx:
+                        lat = measure_onnx_latency(sessions[name], input_shape, b, warmup=2, repeats=repeats)
+                        times[name].setdefault(f"ort_ms_b{b}", []).append(lat.median_ms)
+    return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
 
 
 def ratio_row(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -296,7 +296,7 @@ def _resume(path: Path, model, optimizer, scaler, hooks, config, identity, resul
         names = ", ".join(f"{k}: {saved.get(k)} -> {ours[k]}" for k in sorted(diff))
         raise ConfigError(f"the checkpoint {path} was made with other settings ({names}); use the same settings "
                           "to resume, or a fresh run directory")
-    if state.get("identity") != identity:
+    if state.get("identity", identity) != identity:  # checkpoints from before run identities have none
         saved_id, ours_id = state.get("identity") or {}, identity
         what = [k for k in ours_id if saved_id.get(k) != ours_id[k]]
         detail = what[0] if what else "identity"
