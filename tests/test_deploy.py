@@ -170,3 +170,14 @@ def test_dynamo_exporter_when_onnxscript_is_installed(tmp_path):
     path = export_onnx(model, tmp_path / "m.onnx", (1, 8, 8), opset=18, exporter="dynamo")
     x = torch.randn(5, 1, 8, 8)
     np.testing.assert_allclose(_ort_output(onnx_session(path), x), _eager_output(model, x), atol=1e-4)
+
+
+def test_latency_table_measures_every_model_in_both_runtimes():
+    from cnnzip.report import latency_table
+
+    models = {"wide": create_model("resnet20", width=0.5).eval(), "narrow": create_model("resnet20", width=0.25)}
+    table = latency_table(models, (3, 32, 32), (1, 4), rounds=2, repeats=2)
+    assert set(table) == {"wide", "narrow"}
+    for row in table.values():
+        assert set(row) == {"eager_ms_b1", "ort_ms_b1", "eager_ms_b4", "ort_ms_b4"}
+        assert all(v > 0 for v in row.values())
