@@ -12,9 +12,9 @@ import json
 import subprocess
 import sys
 
-from _common import CIFAR_JPEG, REPO, RESNET56, require_shared, save
+from _common import CIFAR_JPEG, RESNET56, RUNS, require_shared, save
 
-OUT = REPO / "runs" / "resnet56-ft"
+OUT = RUNS / "resnet56-ft"
 MODEL = OUT / "model.pt"
 
 

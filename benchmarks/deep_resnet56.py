@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.utils.prune as tprune
 
-from _common import CIFAR_JPEG, REPO, save
+from _common import CIFAR_JPEG, RUNS, save
 from baseline_resnet56 import MODEL, ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.deep import (
@@ -59,7 +59,7 @@ def main() -> None:
     train, _ = train_val_split(ds.train, val_size=5000, seed=0)
     test = Evaluator(Loader(ds.test, 500, mean=meta.mean, std=meta.std))
     batches = Loader(train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
-    run = REPO / "runs" / "bench-deep-resnet56"
+    run = RUNS / "bench-deep-resnet56"
     acc = {"baseline": test.evaluate(base).accuracy}
 
     # cnnzip: prune, fine-tune with fixed masks, share, code, write, read back.

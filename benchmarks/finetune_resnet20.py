@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from _common import CIFAR_JPEG, REPO, RESNET20, require_shared, save
+from _common import CIFAR_JPEG, RESNET20, RUNS, require_shared, save
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     require_shared()
-    out = REPO / "runs" / "bench-finetune-resnet20"
+    out = RUNS / "bench-finetune-resnet20"
     cmd = [sys.executable, "-m", "cnnzip.cli", "train", "--model", "resnet20", "--weights", str(RESNET20),
            "--norm", "imagenet", "--data", str(CIFAR_JPEG), "--epochs", str(args.epochs), "--lr", str(args.lr),
            "--seed", str(args.seed), "--out", str(out), "--fresh", "--no-progress"]

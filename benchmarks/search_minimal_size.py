@@ -14,7 +14,7 @@ import json
 
 import torch
 
-from _common import CIFAR_JPEG, REPO, save
+from _common import CIFAR_JPEG, RUNS, save
 from baseline_resnet56 import MODEL as RESNET56_FT
 from baseline_resnet56 import ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
@@ -22,7 +22,7 @@ from cnnzip.measure import Evaluator
 from cnnzip.modelfile import ModelMeta, load_model
 from cnnzip.search import Pipeline, SearchConfig, search
 
-SPARSE_VGG = REPO / "runs" / "bench-slimming-vgg19-w0.25" / "sparse.pt"
+SPARSE_VGG = RUNS / "bench-slimming-vgg19-w0.25-l0.001-e20" / "sparse.pt"
 
 
 def load_subject(name: str):
@@ -53,7 +53,7 @@ def main() -> None:
     _, val = train_val_split(ds.train, val_size=5000, seed=0)
     val = val.take(args.val_images)
     evaluator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
-    root = REPO / "runs" / "bench-search" / args.model
+    root = RUNS / "bench-search" / args.model
     drops = [float(d) for d in args.drops.split(",")]
     results: dict = {}
 

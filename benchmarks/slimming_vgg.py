@@ -5,8 +5,8 @@
 VGG-19 (BN, CIFAR head) at a width multiplier, trained from scratch on the JPEG training images (5,000 held out)
 with the L1 penalty on BatchNorm scales (lambda 1e-4, as in the paper), lr 0.1, cosine, 1 warm-up epoch. Then,
 for each ratio, slimming prunes that fraction of channels by a global |gamma| ranking, and the pruned model is
-fine-tuned (lr 0.01). Test accuracy before and after fine-tuning goes to results/slimming_vgg.json and the
-plot results/slimming_vgg.png. Resumable: training checkpoints every epoch; finished ratios are kept.
+fine-tuned (lr 0.01). Test accuracy before and after fine-tuning goes to results/slimming_vgg_l<lambda>.json
+and the plot results/slimming_vgg_l<lambda>.png. Resumable: training checkpoints every epoch; finished ratios are kept.
 """
 
 import argparse
@@ -15,14 +15,13 @@ import time
 
 import torch
 
-from _common import CIFAR_JPEG, REPO, RESULTS, require_shared, save
+from _common import CIFAR_JPEG, RESULTS, RUNS, require_shared, save
 from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.measure import Evaluator, count_macs, count_parameters
 from cnnzip.models import create_model
 from cnnzip.prune import ChannelPruning, SparsityHook, prune_channels
 from cnnzip.train import TrainConfig, fit
 
-PARTIAL = RESULTS / "slimming_vgg.partial.json"
 SHAPE = (3, 32, 32)
 
 
@@ -42,7 +41,8 @@ def main() -> None:
     mean, std = ds.mean, ds.std
     batches = Loader(train, 128, shuffle=True, augment=True, mean=mean, std=std, seed=0)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std))
-    run = REPO / "runs" / f"bench-slimming-vgg19-w{args.width}"
+    run = RUNS / f"bench-slimming-vgg19-w{args.width}-l{args.sparsity:g}-e{args.epochs}"
+    partial = run / f"ratios-ft{args.finetune_epochs}.json"  # finished ratios, kept across a kill
 
     torch.manual_seed(0)
     model = create_model("vgg19", width=args.width)
@@ -50,12 +50,12 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, lr=0.1, warmup_epochs=1, seed=0)
     fit(model, batches, cfg, hooks=[SparsityHook(args.sparsity)], checkpoint=run / "sparse.pt", progress=False)
     train_minutes = (time.perf_counter() - started) / 60
-    done = json.loads(PARTIAL.read_text()) if PARTIAL.exists() else {}
+    done = json.loads(partial.read_text()) if partial.exists() else {}
     if "unpruned" not in done:
         done["unpruned"] = {"ratio": 0.0, "accuracy": test.evaluate(model).accuracy,
                             "params": count_parameters(model), "macs": count_macs(model, SHAPE),
                             "train_minutes": train_minutes}
-        PARTIAL.write_text(json.dumps(done, indent=2))
+        partial.write_text(json.dumps(done, indent=2))
     print("unpruned", done["unpruned"], flush=True)
     example = torch.zeros(1, *SHAPE)
     for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -71,7 +71,7 @@ def main() -> None:
             checkpoint=run / f"finetune-{key}.pt", progress=False)
         row["accuracy"] = test.evaluate(pruned).accuracy
         done[key] = row
-        PARTIAL.write_text(json.dumps(done, indent=2))
+        partial.write_text(json.dumps(done, indent=2))
         print(key, row, flush=True)
 
     base = done["unpruned"]["accuracy"]
@@ -81,10 +81,9 @@ def main() -> None:
         print(f"{r['ratio']:6.2f} {r['params']:10,} {r['macs']:12,} {r['accuracy_pruned']:10.2%} "
               f"{r['accuracy']:10.2%} {(r['accuracy'] - base) * 100:+11.2f}pt")
     _plot(done, args)
-    save("slimming_vgg", {"model": f"vgg19 width {args.width}", "epochs": args.epochs, "sparsity": args.sparsity,
+    save(f"slimming_vgg_l{args.sparsity:g}", {"model": f"vgg19 width {args.width}", "epochs": args.epochs, "sparsity": args.sparsity,
                           "finetune_epochs": args.finetune_epochs, "threads": args.threads, "results": done,
                           "data": "shared cifar10-jpeg: 45,000 train (5,000 held out), 10,000 test"})
-    PARTIAL.unlink()
 
 
 def _plot(done: dict, args) -> None:
@@ -107,7 +106,7 @@ def _plot(done: dict, args) -> None:
     ax.set_title(f"Network slimming, VGG-19 width {args.width}, CIFAR-10 JPEG")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "slimming_vgg.png", dpi=100)
+    fig.savefig(RESULTS / f"slimming_vgg_l{args.sparsity:g}.png", dpi=100)
 
 
 if __name__ == "__main__":

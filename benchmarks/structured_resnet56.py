@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from _common import CIFAR_JPEG, REPO, RESULTS, save
+from _common import CIFAR_JPEG, RESULTS, RUNS, save
 from baseline_resnet56 import MODEL, ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.measure import Evaluator
@@ -78,7 +78,7 @@ def main() -> None:
         model = variants[name].model if name in variants else torch_pruning_l1(base, ratio)
         pruned_acc = test.evaluate(model).accuracy if name not in done else done[name]["accuracy_before_finetune"]
         batches = Loader(train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
-        ckpt = REPO / "runs" / "bench-structured" / f"{name.replace(' ', '-')}.pt"
+        ckpt = RUNS / "bench-structured" / f"{name.replace(' ', '-')}.pt"
         # A finished fine-tune is restored from its checkpoint without training again.
         fit(model, batches, TrainConfig(epochs=args.epochs, lr=args.lr, seed=0), checkpoint=ckpt, progress=False)
         models[name] = model.eval()
