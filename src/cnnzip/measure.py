@@ -32,6 +32,7 @@ __all__ = [
     "footprint",
     "measure_latency",
     "required_correct",
+    "time_calls",
 ]
 
 
@@ -112,6 +113,11 @@ class Latency:
     def images_per_second(self) -> float:
         return self.batch_size / (self.median_ms / 1000.0)
 
+    @classmethod
+    def from_times(cls, batch_size: int, times: list[float]) -> Latency:
+        return cls(batch_size=batch_size, median_ms=statistics.median(times) * 1000.0,
+                   min_ms=min(times) * 1000.0, repeats=len(times))
+
 
 @torch.no_grad()
 def measure_latency(
@@ -135,25 +141,29 @@ def measure_latency(
     x = torch.randn((batch_size, *input_shape), device=device)
     was_training = model.training
     model.eval()
+
+    def run() -> None:
+        model(x)
+        _sync(device)
+
     try:
-        for _ in range(warmup):
-            model(x)
-        times: list[float] = []
-        start_all = time.perf_counter()
-        while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
-            _sync(device)
-            start = time.perf_counter()
-            model(x)
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        times = time_calls(run, warmup, repeats, min_seconds)
     finally:
         model.train(was_training)
-    return Latency(
-        batch_size=batch_size,
-        median_ms=statistics.median(times) * 1000.0,
-        min_ms=min(times) * 1000.0,
-        repeats=len(times),
-    )
+    return Latency.from_times(batch_size, times)
+
+
+def time_calls(fn, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:
+    """`warmup` untimed calls, then timed calls (seconds) until `repeats` are done and `min_seconds` passed."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def required_correct(target: float, total: int) -> int:

@@ -16,11 +16,9 @@ import copy
 import importlib.util
 import math
 import os
-import statistics
 import tempfile
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnzipError, ConfigError, ModelError
-from ..measure import Latency
+from ..measure import Latency, time_calls
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -157,8 +155,8 @@ def measure_onnx_latency(
     _check_timing(batch_size, warmup, repeats)
     session = _as_session(path_or_session)
     feed = {_input_name(session, input_shape, batch_size): _random_batch(batch_size, input_shape)}
-    times = _time_calls(lambda: session.run(None, feed), warmup, repeats, min_seconds)
-    return _latency(batch_size, times)
+    times = time_calls(lambda: session.run(None, feed), warmup, repeats, min_seconds)
+    return Latency.from_times(batch_size, times)
 
 
 def compare_latency(
@@ -230,13 +228,13 @@ def compare_latency(
             runners = {"eager": run_eager, "onnxruntime": run_ort}
             times: dict[str, list[float]] = {name: [] for name in runners}
             for run in runners.values():
-                _time_calls(run, warmup, 0, 0.0)
+                time_calls(run, warmup, 0, 0.0)
             for r in range(rounds):
                 order = list(runners) if r % 2 == 0 else list(reversed(runners))
                 for name in order:
-                    times[name] += _time_calls(runners[name], 0, per_round, 0.0)
-            eager = _latency(batch_size, times["eager"])
-            ort_latency = _latency(batch_size, times["onnxruntime"])
+                    times[name] += time_calls(runners[name], 0, per_round, 0.0)
+            eager = Latency.from_times(batch_size, times["eager"])
+            ort_latency = Latency.from_times(batch_size, times["onnxruntime"])
             results.append({
                 "batch_size": batch_size,
                 "eager": eager,
@@ -403,21 +401,3 @@ def _input_name(session: onnxruntime.InferenceSession, input_shape: tuple[int, .
 def _random_batch(batch_size: int, input_shape: tuple[int, ...]) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.standard_normal((batch_size, *input_shape), dtype=np.float32)
-
-
-def _time_calls(fn: Callable[[], object], warmup: int, repeats: int, min_seconds: float) -> list[float]:
-    """`warmup` untimed calls, then timed calls until `repeats` are done and `min_seconds` have passed."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start_all = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start_all < min_seconds:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _latency(batch_size: int, times: list[float]) -> Latency:
-    return Latency(batch_size=batch_size, median_ms=statistics.median(times) * 1000.0,
-                   min_ms=min(times) * 1000.0, repeats=len(times))
