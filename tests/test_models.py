@@ -308,7 +308,7 @@ def test_non_strict_loads_what_fits() -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="no checkpoint file"):
+    with pytest.raises(ModelError, match="no such model file"):
         load_weights(create_model("resnet20"), tmp_path / "absent.th")
     with pytest.raises(ModelError, match="not a file"):
         load_weights(create_model("resnet20"), tmp_path)

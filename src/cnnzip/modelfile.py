@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import ModelError
 from .models import create_model, load_weights
+from .models._checkpoint import read_checkpoint
 from .train import atomic_save
 
 __all__ = ["ModelMeta", "save_model", "load_model", "load", "load_any", "layer_widths", "apply_widths"]
@@ -69,7 +70,7 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
 
     `model` is needed only for architectures outside the zoo: a fresh, unpruned instance of the saved class.
     """
-    blob = _read(path)
+    blob = read_checkpoint(path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelError(f"{path} is not a cnnzip model file; for raw weights pass the model name "
                          "(e.g. --model resnet56) so they can be loaded into it")
@@ -173,7 +174,7 @@ def load_any(path: str | Path, model_name: str | None = None, num_classes: int =
 
     if is_compressed_file(path):
         return load_compressed(path)
-    blob = _read(path)
+    blob = read_checkpoint(path)
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         return load_model(path)
     if model_name is None:
@@ -182,14 +183,3 @@ def load_any(path: str | Path, model_name: str | None = None, num_classes: int =
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)
     load_weights(model, blob)
     return model.eval(), meta
-
-
-def _read(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"no such model file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every unreadable file gets the same advice
-        raise ModelError(f"cannot read {path} as a PyTorch file ({type(exc).__name__}: {exc}); "
-                         "is it a model file or checkpoint, and is it complete?") from exc

@@ -51,7 +51,7 @@ def load_weights(model: nn.Module, path_or_state_dict: PathOrStateDict, strict: 
     elif isinstance(path_or_state_dict, (str, os.PathLike)):
         path = Path(path_or_state_dict)
         source = str(path)
-        state = _unwrap(_read(path), source)
+        state = _unwrap(read_checkpoint(path), source)
     else:
         raise ModelError(
             f"load_weights expects a file path or a state dict, got {type(path_or_state_dict).__name__}"
@@ -97,10 +97,11 @@ def load_weights(model: nn.Module, path_or_state_dict: PathOrStateDict, strict: 
     return model
 
 
-def _read(path: Path) -> Any:
-    """Read a checkpoint file safely, turning every way it can fail into a ModelError with the path."""
+def read_checkpoint(path: str | Path) -> Any:
+    """Read a torch file safely (weights_only), turning every way it can fail into a ModelError with the path."""
+    path = Path(path)
     if not path.exists():
-        raise ModelError(f"no checkpoint file at {path}")
+        raise ModelError(f"no such model file or checkpoint: {path}")
     if not path.is_file():
         raise ModelError(f"checkpoint path {path} is not a file")
     with path.open("rb") as f:
