@@ -76,18 +76,25 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
                          "(e.g. --model resnet56) so they can be loaded into it")
     if blob.get("version", 0) > VERSION:
         raise ModelError(f"{path} was written by a newer cnnzip (format version {blob['version']}); upgrade cnnzip")
-    if model is None:
-        if blob["spec"] is None:
-            raise ModelError(f"{path} holds a model from outside the zoo: load it with "
-                             "load_model(path, model=YourNet()), passing a fresh instance of its class")
-        spec = dict(blob["spec"])
-        model = create_model(spec.pop("name"), **spec)
-    apply_widths(model, blob.get("widths", {}))
+    model = rebuild(blob["spec"], blob.get("widths", {}), model, path)
     load_weights(model, blob["state_dict"])
     meta = ModelMeta.from_dict(blob["meta"])
     if blob.get("probe") is not None:
         check_probe(model, meta.input_shape, blob["probe"], path)
     return model.eval(), meta
+
+
+def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None,
+            path: str | Path) -> nn.Module:
+    """The saved architecture, weights still to load: the zoo model from `spec` (or the caller's fresh `model`
+    for architectures outside the zoo), narrowed to the saved layer widths."""
+    if model is None:
+        if spec is None:
+            raise ModelError(f"{path} holds a model from outside the zoo: load it with load(path, "
+                             "model=YourNet()), passing a fresh instance of its class")
+        spec = dict(spec)
+        model = create_model(spec.pop("name"), **spec)
+    return apply_widths(model, widths)
 
 
 _WIDTH_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)

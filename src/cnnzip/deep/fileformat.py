@@ -225,8 +225,8 @@ def load_compressed(path: str | Path, model: nn.Module | None = None):
 
     `model` is needed only for architectures outside the zoo: a fresh, unpruned instance of the saved class.
     """
-    from ..modelfile import ModelMeta, apply_widths, check_probe
-    from ..models import create_model, load_weights
+    from ..modelfile import ModelMeta, check_probe, rebuild
+    from ..models import load_weights
 
     path = Path(path)
     if not path.is_file():
@@ -251,13 +251,7 @@ def load_compressed(path: str | Path, model: nn.Module | None = None):
             raise ModelError(f"{path} is corrupt: a section runs past the end of the file")
         return bytes(payload[start:start + length])
 
-    if model is None:
-        if header["spec"] is None:
-            raise ModelError(f"{path} holds a model from outside the zoo: load it with "
-                             "load_compressed(path, model=YourNet()), passing a fresh instance of its class")
-        spec = dict(header["spec"])
-        model = create_model(spec.pop("name"), **spec)
-    apply_widths(model, header["widths"])
+    model = rebuild(header["spec"], header["widths"], model, path)
     state: dict[str, torch.Tensor] = {}
     for entry in header["layers"]:
         streams = {
