@@ -1,3 +1,4 @@
+import json
 """The command line as a user meets it: real subprocesses, real exit codes, no tracebacks for user mistakes."""
 
 import os
@@ -169,3 +170,14 @@ def test_search_command_finds_and_resumes(tmp_path, capsys):
     assert first.splitlines()[1:3] == again.splitlines()[1:3]
     assert main(["search", str(model), "--target-acc", "0.999", "--out", str(tmp_path / "u")]) == 2
     assert "above the model's own" in capsys.readouterr().err
+
+    # Stopped by a budget, resumed without it: the same winner; then fine-tuned, with a one-line report.
+    cut = [a if a != str(tmp_path / "s") else str(tmp_path / "c") for a in args]
+    assert main([*cut, "--max-checks", "2"]) == 0
+    assert "stopped by the budget" in capsys.readouterr().out
+    assert main(cut) == 0
+    assert capsys.readouterr().out.splitlines()[2] == first.splitlines()[2]
+    assert main([*cut, "--finetune-epochs", "1", "--centroid-epochs", "1", "--no-progress"]) == 0
+    tuned = capsys.readouterr().out
+    assert "after fine-tuning:" in tuned and tuned.splitlines()[2] == first.splitlines()[2]
+    assert json.loads((tmp_path / "c" / "result.json").read_text())["finetuned"]

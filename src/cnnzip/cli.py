@@ -7,6 +7,7 @@ with no traceback, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -188,6 +189,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-checks", type=int, default=None, help="stop after this many accuracy checks")
     s.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     s.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    s.add_argument("--structured-epochs", type=int, default=0, help="fine-tune the winner this many epochs "
+                   "after its structured step, before deep compression (ns-dc only)")
+    s.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the winner this many epochs after "
+                   "its last pruning step, pruned weights held at zero")
+    s.add_argument("--centroid-epochs", type=int, default=0, help="epochs of centroid fine-tuning after weight "
+                   "sharing")
+    s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    s.add_argument("--train-batch-size", type=int, default=128)
+    s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
     s.add_argument("--out", type=Path, default=Path("runs/search"))
     s.set_defaults(func=_cmd_search)
 
@@ -456,7 +468,6 @@ def _cmd_deep(args) -> int:
     )
     from .measure import Evaluator
     from .modelfile import ModelMeta
-    from .train import TrainConfig, fit
 
     device, ds, train, val, model, meta, mean, std = _prepare(args)
     shape = (ds.in_channels, *ds.image_size)
@@ -469,23 +480,13 @@ def _cmd_deep(args) -> int:
     batches = Loader(train, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
                      seed=args.seed, device=device)
     accuracy = {"original": test.evaluate(model).accuracy}
-
-    def trainer(stage: str, epochs: int):
-        if epochs <= 0:
-            return None
-
-        def run(m, hooks):
-            accuracy[f"{stage} (before fine-tune)"] = test.evaluate(m).accuracy
-            fingerprint = _fingerprint(args, stage=stage, sparsity=args.sparsity, std=args.std_multiplier,
-                                       scope=args.scope, skip=args.skip, bits=[args.conv_bits, args.fc_bits])
-            key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-            fit(m, batches, TrainConfig(epochs=epochs, lr=args.lr, seed=args.seed), hooks=hooks, device=device,
-                checkpoint=args.out / f"{stage}-{key}.pt", progress=not args.no_progress, fingerprint=fingerprint)
-            m.cpu()
-        return run
-
-    shared, books = deep_compress(model, pruning, sharing, finetune=trainer("pruned", args.finetune_epochs),
-                                  centroid_finetune=trainer("shared", args.centroid_epochs))
+    run = _stage_trainer(args, batches, device, {"pruned": args.finetune_epochs, "shared": args.centroid_epochs},
+                         on_start=lambda stage, m: accuracy.update({f"{stage} (before fine-tune)":
+                                                                    test.evaluate(m).accuracy}),
+                         sparsity=args.sparsity, std=args.std_multiplier, scope=args.scope, skip=args.skip,
+                         bits=[args.conv_bits, args.fc_bits])
+    shared, books = deep_compress(model, pruning, sharing, finetune=functools.partial(run, "pruned"),
+                                  centroid_finetune=functools.partial(run, "shared"))
     accuracy["compressed"] = test.evaluate(shared).accuracy
     out_meta = ModelMeta(mean, std, shape, ds.classes, notes={"from": str(args.model_path)})
     path = args.out / "model.cnnz"
@@ -518,7 +519,7 @@ def _cmd_search(args) -> int:
     from .modelfile import ModelMeta, load
     from .search import Pipeline, SearchConfig, search
 
-    _, ds, _, val, model, meta, mean, std = _prepare(args)
+    device, ds, train, val, model, meta, mean, std = _prepare(args)
     if val is None:
         raise ConfigError("a search decides on a validation split: set --val-size above 0")
     meta = ModelMeta(mean, std, (ds.in_channels, *ds.image_size), ds.classes)
@@ -528,7 +529,14 @@ def _cmd_search(args) -> int:
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
         margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget)
     evaluator = Evaluator(Loader(val, args.batch_size, mean=mean, std=std))
-    result = search(model.cpu().eval(), evaluator, meta, config, args.out)
+    epochs = {"structured": args.structured_epochs, "final": args.finetune_epochs, "shared": args.centroid_epochs}
+    finetune = None
+    if any(epochs.values()):
+        batches = Loader(train, args.train_batch_size, shuffle=True, augment=_augment(args, ds), mean=mean,
+                         std=std, seed=args.seed, device=device)
+        finetune = _stage_trainer(args, batches, device, epochs, train_batch_size=args.train_batch_size,
+                                  search=config.as_dict())
+    result = search(model.cpu().eval(), evaluator, meta, config, args.out, finetune=finetune)
     cost = result.cost
     print(f"baseline validation accuracy {result.baseline_accuracy:.2%}; target {result.target:.2%}")
     print(f"{cost['checks']:.0f} accuracy checks, {cost['images']:,.0f} images evaluated, {cost['seconds']:.0f} s"
@@ -542,6 +550,8 @@ def _cmd_search(args) -> int:
     names = dict(zip(config.pipeline.axes, best.ratios, strict=True))
     print(f"smallest passing: {', '.join(f'{k} ratio {v:.2f}' for k, v in names.items())}: {best.size:,} bytes, "
           f"validation accuracy {best.accuracy:.2%}{'' if best.complete else ' (early exit)'}")
+    if result.finetuned:
+        print(f"after fine-tuning: {result.final_size:,} bytes, validation accuracy {result.final_accuracy:.2%}")
     print(f"test accuracy (evaluated once) {test:.2%}; file {result.path}")
     summary = result.as_dict() | {"test_accuracy": test}
     (args.out / "result.json").write_text(json.dumps(summary, indent=2))
@@ -647,6 +657,28 @@ def _fingerprint(args, **extra) -> dict:
     if weights is not None:
         fp["weights"] = _file_digest(Path(weights))
     return {**fp, **extra}
+
+
+def _stage_trainer(args, batches, device, epochs: dict[str, int], on_start=None, **fingerprint):
+    """`run(stage, model, hooks)`: fine-tune `model` in place for `epochs[stage]` epochs (none: return at once).
+
+    Each stage checkpoints to OUT/<stage>-<hash>.pt, the hash covering everything that shapes the run, so a
+    killed run resumes its fine-tune and a changed one starts afresh.
+    """
+    from .train import TrainConfig, fit
+
+    def run(stage: str, model, hooks) -> None:
+        n = epochs.get(stage, 0)
+        if n <= 0:
+            return
+        if on_start is not None:
+            on_start(stage, model)
+        fp = _fingerprint(args, stage=stage, **fingerprint)
+        key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
+        fit(model, batches, TrainConfig(epochs=n, lr=args.lr, seed=args.seed), hooks=hooks, device=device,
+            checkpoint=args.out / f"{stage}-{key}.pt", progress=not args.no_progress, fingerprint=fp)
+        model.cpu()
+    return run
 
 
 def _check_fits(model, meta, ds, what) -> None:

@@ -10,21 +10,39 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..deep import MagnitudePruning, WeightSharing, prune_magnitude, save_compressed, share_weights
+from ..deep import (
+    MagnitudePruning,
+    MaskHook,
+    SharedWeightsHook,
+    WeightSharing,
+    codebooks_of,
+    prune_magnitude,
+    save_compressed,
+    share_weights,
+)
 from ..errors import ConfigError
 from ..modelfile import ModelMeta, save_model
 from ..prune import ChannelPruning, analyze, plan_channels
 from ..prune.channels import _apply
+from ..train import TrainHook
 
-__all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS"]
+__all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS", "STAGES", "Finetune"]
 
 ORDERS = ("ns-dc", "dc-ns", "ns", "dc")
+
+STAGES = ("structured", "final", "shared")
+"""When `build` offers fine-tuning: after the structured step (if another step follows), after the last pruning
+step (zeros held by a mask hook), and after weight sharing (centroids trained)."""
+
+Finetune = Callable[[str, nn.Module, Sequence[TrainHook]], None]
+"""`finetune(stage, model, hooks)` trains `model` in place with `hooks`, or returns at once to skip `stage`."""
 
 
 @dataclass(frozen=True)
@@ -74,21 +92,36 @@ class Compressor:
         self.workdir = Path(workdir) if workdir is not None else Path(self._tmp.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
-    def build(self, ratios: tuple[float, ...], keep_file: Path | None = None) -> Candidate:
-        """The candidate at `ratios` (one per method of the pipeline, in its order)."""
+    def build(self, ratios: tuple[float, ...], keep_file: Path | None = None,
+              finetune: Finetune | None = None) -> Candidate:
+        """The candidate at `ratios` (one per method of the pipeline, in its order).
+
+        Search trials are built without `finetune`; the winner may be rebuilt with it (see STAGES).
+        """
         if len(ratios) != len(self.pipeline.axes):
             raise ConfigError(f"pipeline {self.pipeline.order} takes {len(self.pipeline.axes)} ratios")
         model = self.model
-        for method, ratio in zip(self.pipeline.axes, ratios, strict=True):
+        masks: dict[str, torch.Tensor] = {}
+        for k, (method, ratio) in enumerate(zip(self.pipeline.axes, ratios, strict=True)):
             if method == "ns":
                 model = self._channel_prune(model, ratio)
+                if finetune is not None and ratio > 0 and k + 1 < len(ratios):
+                    finetune("structured", model, [])
             elif ratio > 0:
-                model, _ = prune_magnitude(model, MagnitudePruning(ratio=ratio, skip=self.pipeline.skip))
+                model, masks = prune_magnitude(model, MagnitudePruning(ratio=ratio, skip=self.pipeline.skip))
+        if finetune is not None:
+            if masks:  # channel surgery after magnitude pruning changes shapes: the zeros are the masks
+                params = dict(model.named_parameters())
+                masks = {name: (params[name] != 0).float() for name in masks}
+            finetune("final", model, [MaskHook(masks)] if masks else [])
         path = keep_file or self.workdir / "candidate"
         if "dc" in self.pipeline.axes:
             shared, books = share_weights(model, WeightSharing(conv_bits=self.pipeline.conv_bits,
                                                                fc_bits=self.pipeline.fc_bits,
                                                                skip=self.pipeline.skip))
+            if finetune is not None:
+                finetune("shared", shared, [SharedWeightsHook(books)])
+                books = codebooks_of(shared, books)
             report = save_compressed(path, shared, books, self.meta)
             return Candidate(ratios, shared, report.file_bytes, path if keep_file else None)
         save_model(path, model, self.meta)

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..measure import Evaluator
-from ..modelfile import ModelMeta
-from .candidates import Compressor, Pipeline
+from ..modelfile import ModelMeta, load
+from .candidates import Compressor, Finetune, Pipeline
 from .strategies import STRATEGIES
 from .trials import Trial, Trials
 
@@ -81,11 +81,15 @@ class SearchResult:
     trials: list[Trial]
     path: Path | None  # the winner's file
     complete: bool  # False if a budget stopped the search
+    final_accuracy: float | None = None  # validation accuracy of the file as written (after any fine-tuning)
+    final_size: int | None = None  # its bytes
+    finetuned: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"best": self.best.__dict__ if self.best else None, "target": self.target,
                 "baseline_accuracy": self.baseline_accuracy, "cost": self.cost, "complete": self.complete,
-                "path": str(self.path) if self.path else None}
+                "path": str(self.path) if self.path else None, "final_accuracy": self.final_accuracy,
+                "final_size": self.final_size, "finetuned": self.finetuned}
 
 
 def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
@@ -99,15 +103,21 @@ def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
 
 
 def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: SearchConfig,
-           run_dir: str | Path) -> SearchResult:
+           run_dir: str | Path, finetune: Finetune | None = None) -> SearchResult:
     """Search for the smallest candidate whose accuracy on `evaluator` (a validation split) meets the target.
 
     The caller's model is not changed. The winner is written to `run_dir` and its trials to trials.jsonl.
+    Trials are never fine-tuned (that would multiply the cost by the epochs); the winner is rebuilt with
+    `finetune` if given (see `candidates.STAGES`). The written file is reloaded and evaluated in full.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != config.as_dict():
+    budgets = ("max_checks", "time_budget")  # a search stopped by a budget resumes with another one, or none
+
+    def same(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in budgets}
+    if config_path.exists() and same(json.loads(config_path.read_text())) != same(config.as_dict()):
         raise ConfigError(f"{run} holds a search with other settings; use the same settings to resume it, or "
                           "another run directory")
     config_path.write_text(json.dumps(config.as_dict(), indent=2))
@@ -119,12 +129,15 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     strategy = STRATEGIES[config.strategy]
     n = len(config.grid)
     best = strategy(trials, n) if config.strategy == "grid" else strategy(trials, n, config.margin)
-    path = None
+    path = final_accuracy = final_size = None
     if best is not None:
         suffix = ".cnnz" if "dc" in config.pipeline.axes else ".pt"
         path = run / f"best{suffix}"
-        compressor.build(best.ratios, keep_file=path)
+        compressor.build(best.ratios, keep_file=path, finetune=finetune)
+        final_accuracy = evaluator.evaluate(load(path)[0]).accuracy
+        final_size = path.stat().st_size
     result = SearchResult(best=best, target=target, baseline_accuracy=baseline, cost=trials.cost(),
-                          trials=list(trials.done.values()), path=path, complete=not trials.exhausted)
+                          trials=list(trials.done.values()), path=path, complete=not trials.exhausted,
+                          final_accuracy=final_accuracy, final_size=final_size, finetuned=finetune is not None)
     (run / "result.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result
