@@ -1,6 +1,7 @@
-import json
+
 """The command line as a user meets it: real subprocesses, real exit codes, no tracebacks for user mistakes."""
 
+import json
 import os
 import signal
 import subprocess

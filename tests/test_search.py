@@ -1,7 +1,7 @@
 """The target-accuracy search: strategies on a known landscape, then a real search that resumes."""
 
+
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,16 +12,19 @@ from cnnzip.measure import Evaluator
 from cnnzip.modelfile import ModelMeta, load
 from cnnzip.models import create_model
 from cnnzip.search import (
-    Compressor,
     BudgetExhausted,
+    Compressor,
     Pipeline,
     SearchConfig,
     Trial,
     bisect_search,
     grid_search,
     margin_search,
+    margin_sweep,
+    replay,
     search,
 )
+from cnnzip.search.plots import can_plot
 from cnnzip.train import TrainConfig, fit
 
 
@@ -30,7 +33,7 @@ class Landscape:
 
     def __init__(self, passes, size, axes=2, max_checks=None):
         self.passes, self.size, self.max_checks = passes, size, max_checks
-        self.compressor = SimpleNamespace(pipeline=SimpleNamespace(axes=("ns", "dc")[:axes]))
+        self.axes = ("ns", "dc")[:axes]
         self.done = {}
 
     def check(self, index):
@@ -83,6 +86,32 @@ def test_budget_stops_with_the_best_so_far():
     land.max_checks = 7
     best = margin_search(land, 20, margin=5)
     assert len(land.done) == 7 and best is not None and best.passed
+
+
+def test_replay_answers_other_targets_and_margins_exactly():
+    n = 20
+    full = grid_search(grid := monotone(), n)
+    assert full.size == 8_800
+    # Accuracy stands in as 1 - (i + 2j) / 100: passing at target 0.76 is i + 2j <= 24, as the landscape says.
+    records = [Trial(t.index, t.index, t.passed, 1 - (t.index[0] + 2 * t.index[1]) / 100, True, 100, t.size, 1.0)
+               for t in grid.done.values()]
+    for strategy, run in (("margin", margin_search), ("bisect", bisect_search)):
+        direct = run(land := monotone(), n, 5)
+        replayed, trials = replay(strategy, records, ("ns", "dc"), n, target=0.76, margin=5)
+        assert replayed.index == direct.index and list(trials.done) == list(land.done)  # same checks, same order
+    # A stricter target is answered from the same records: i + 2j <= 10.
+    best, _ = replay("grid", records, ("ns", "dc"), n, target=0.90)
+    assert best.index == (0, 5)
+    # The sweep from one margin-8 run equals eight separate runs.
+    _, wide = replay("margin", records, ("ns", "dc"), n, target=0.76, margin=8)
+    sweep = margin_sweep(wide.done.values(), ("ns", "dc"), n, range(9), target=0.76)
+    for row in sweep:
+        direct = margin_search(land := monotone(), n, row["margin"])
+        assert (row["size"], row["checks"]) == (direct.size, len(land.done))
+    assert sweep[0]["size"] > sweep[-1]["size"]  # a wider margin finds a smaller model on this landscape
+    early = [Trial((0, 0), (0, 0), True, 0.9, False, 10, 1, 0.1)]
+    with pytest.raises(ConfigError, match="full evaluations"):
+        replay("grid", early, ("ns", "dc"), 1, target=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +198,16 @@ def test_grid_finds_the_smallest_passing_point(digits_model, tmp_path):
     assert result.cost["checks"] == 9
     passing = [t for t in result.trials if t.accuracy >= result.target]
     assert result.best.size == min(t.size for t in passing)
+
+    # The margin heuristic on the same grid: its sweep over margins 0..2 comes with it, replayed from its trials.
+    margin = search(model, val, meta, SearchConfig(**{**cfg.__dict__, "strategy": "margin", "margin": 2}),
+                    tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "result.json").read_text())["margin_sweep"]
+    assert [r["margin"] for r in saved] == [0, 1, 2] and saved[-1]["size"] == margin.best.size
+    assert saved[-1]["checks"] == margin.cost["checks"] and margin.best.size >= result.best.size
+    if can_plot():
+        assert (tmp_path / "m" / "trajectory.png").stat().st_size > 0
+        assert (tmp_path / "m" / "margin_sweep.png").stat().st_size > 0
 
 
 def test_a_target_above_the_baseline_is_refused(digits_model, tmp_path):

@@ -4,10 +4,13 @@
     result.best.size, result.best.ratios, result.path     # the winner's real file
 
 Strategies: `grid` (brute force), `margin` (the paper's three-step heuristic), `bisect` (ours: guarded
-bisection with the Evaluator's exact early exit). Every trial is recorded; a killed search resumes.
+bisection with the Evaluator's exact early exit). Every trial is recorded; a killed search resumes, and the
+records answer what-if questions exactly (`replay`, `margin_sweep`).
 """
 
 from .candidates import ORDERS, Candidate, Compressor, Pipeline
+from .plots import plot_margin_sweep, plot_trajectory
+from .replay import RecordedTrials, margin_sweep, replay
 from .run import SearchConfig, SearchResult, resolve_target, search
 from .strategies import STRATEGIES, bisect_search, grid_search, margin_search
 from .trials import BudgetExhausted, Trial, Trials
@@ -17,4 +20,5 @@ __all__ = [
     "SearchConfig", "SearchResult", "resolve_target", "search",
     "STRATEGIES", "bisect_search", "grid_search", "margin_search",
     "BudgetExhausted", "Trial", "Trials",
+    "RecordedTrials", "margin_sweep", "replay", "plot_margin_sweep", "plot_trajectory",
 ]

@@ -18,6 +18,8 @@ from ..errors import ConfigError
 from ..measure import Evaluator
 from ..modelfile import ModelMeta, load
 from .candidates import Compressor, Finetune, Pipeline
+from .plots import can_plot, plot_margin_sweep, plot_trajectory
+from .replay import margin_sweep
 from .strategies import STRATEGIES
 from .trials import Trial, Trials
 
@@ -84,12 +86,13 @@ class SearchResult:
     final_accuracy: float | None = None  # validation accuracy of the file as written (after any fine-tuning)
     final_size: int | None = None  # its bytes
     finetuned: bool = False
+    sweep: list[dict] | None = None  # margin strategy: the winner at every margin 0..margin (replayed)
 
     def as_dict(self) -> dict[str, Any]:
         return {"best": self.best.__dict__ if self.best else None, "target": self.target,
                 "baseline_accuracy": self.baseline_accuracy, "cost": self.cost, "complete": self.complete,
                 "path": str(self.path) if self.path else None, "final_accuracy": self.final_accuracy,
-                "final_size": self.final_size, "finetuned": self.finetuned}
+                "final_size": self.final_size, "finetuned": self.finetuned, "margin_sweep": self.sweep}
 
 
 def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
@@ -139,5 +142,12 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     result = SearchResult(best=best, target=target, baseline_accuracy=baseline, cost=trials.cost(),
                           trials=list(trials.done.values()), path=path, complete=not trials.exhausted,
                           final_accuracy=final_accuracy, final_size=final_size, finetuned=finetune is not None)
+    if config.strategy == "margin" and result.complete and len(config.pipeline.axes) == 2:
+        result.sweep = margin_sweep(result.trials, config.pipeline.axes, n, range(config.margin + 1))
+    if can_plot():
+        title = f"{config.strategy} search, {config.pipeline.order}, target {target:.2%}"
+        plot_trajectory(result.trials, target, config.pipeline.axes, run / "trajectory.png", title)
+        if result.sweep:
+            plot_margin_sweep(result.sweep, run / "margin_sweep.png", f"margin sweep, target {target:.2%}")
     (run / "result.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result

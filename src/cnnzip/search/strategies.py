@@ -20,7 +20,7 @@ __all__ = ["grid_search", "margin_search", "bisect_search", "STRATEGIES"]
 
 def grid_search(trials: Trials, n: int) -> Trial | None:
     """Every point of the grid (n values per axis)."""
-    axes = len(trials.compressor.pipeline.axes)
+    axes = len(trials.axes)
     try:
         if axes == 1:
             for i in range(n):
@@ -46,7 +46,7 @@ def _scan(trials: Trials, make, start: int, n: int) -> int | None:
 
 def margin_search(trials: Trials, n: int, margin: int) -> Trial | None:
     """The paper's three steps (module docstring)."""
-    axes = len(trials.compressor.pipeline.axes)
+    axes = len(trials.axes)
     try:
         if axes == 1:
             _scan(trials, lambda k: (k,), 0, n)
@@ -92,7 +92,7 @@ def bisect_search(trials: Trials, n: int, margin: int) -> Trial | None:
     bisected, starting each time from the limit found for the next higher first ratio (a lower first ratio
     leaves at least as much room for the second method).
     """
-    axes = len(trials.compressor.pipeline.axes)
+    axes = len(trials.axes)
     try:
         if axes == 1:
             _last_pass(trials, lambda k: (k,), 0, n)

@@ -64,6 +64,10 @@ class Trials:
                               size=rec["size"], seconds=rec["seconds"])
                     self.done[t.index] = t
 
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return self.compressor.pipeline.axes
+
     def ratios(self, index: tuple[int, ...]) -> tuple[float, ...]:
         return tuple(self.grid[i] for i in index)
 
