@@ -1,28 +1,37 @@
 """The minimal-size search (issue 5): grid, the paper's margin heuristic and bisect, side by side.
 
-    python benchmarks/search_minimal_size.py --model resnet56 [--step 0.05] [--val-images 2000] [--threads 2]
-    python benchmarks/search_minimal_size.py --model vgg19-sparse
+    python benchmarks/search_minimal_size.py --model vgg19-sparse            # step 0.05, 2000 val images
+    python benchmarks/search_minimal_size.py --model resnet56 --step 0.1     # ~8 s a check: a coarser grid
 
-For each pipeline the brute-force grid is run once with full evaluations (at the loosest target); its recorded
-accuracies answer every target. Margin and bisect then run per target (baseline -1, -3 and -8 points on the validation split). Alone:
-DC only and NS only. Each search is a run directory under runs/bench-search/ and resumes after a kill. Reports
-sizes, accuracy checks and images evaluated, and writes results/search_<model>.json.
+1. Brute force: for each pipeline (DC only, NS only, NS->DC, DC->NS) the whole grid is evaluated once, in full,
+   at the loosest target. Candidates are deterministic, so these records answer every target exactly.
+2. Margin (the paper's heuristic, full evaluations): replayed from the grid's records at each target, which gives
+   exactly the checks, images and answer a real run would; one real margin run per pipeline (at the middle target)
+   is checked against its replay.
+3. Bisect (ours, with the exact early exit): a real run per pipeline and target.
+4. The margin sweep (size against initial margin, the paper's Figures 6-10), replayed from the grid.
+
+Each search is a run directory under $CNNZIP_RUNS/bench-search/ and resumes after a kill. Writes
+results/search_<model>.json and the plots results/search_<model>_*.png.
 """
 
 import argparse
 import json
+import shutil
 
 import torch
 
-from _common import CIFAR_JPEG, RUNS, save
+from _common import CIFAR_JPEG, RESULTS, RUNS, save
 from baseline_resnet56 import MODEL as RESNET56_FT
 from baseline_resnet56 import ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.measure import Evaluator
 from cnnzip.modelfile import ModelMeta, load_model
-from cnnzip.search import Pipeline, SearchConfig, search
+from cnnzip.search import Pipeline, SearchConfig, margin_sweep, plot_margin_sweep, replay, search
+from cnnzip.search.plots import can_plot
 
 SPARSE_VGG = RUNS / "bench-slimming-vgg19-w0.25-l0.001-e20" / "sparse.pt"
+PIPELINES = ("ns-dc", "dc-ns")
 
 
 def load_subject(name: str):
@@ -38,11 +47,18 @@ def load_subject(name: str):
     return model.eval(), ModelMeta(ds.mean, ds.std, (3, 32, 32), ds.classes)
 
 
+def row(best, trials_cost) -> dict:
+    return {"size": best.size if best else None, "ratios": list(best.ratios) if best else None,
+            "accuracy": best.accuracy if best else None, "checks": trials_cost["checks"],
+            "images": trials_cost["images"], "seconds": round(trials_cost["seconds"], 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=["resnet56", "vgg19-sparse"], default="resnet56")
+    ap.add_argument("--model", choices=["resnet56", "vgg19-sparse"], default="vgg19-sparse")
     ap.add_argument("--step", type=float, default=0.05)
     ap.add_argument("--margin", type=int, default=5)
+    ap.add_argument("--sweep", type=int, default=None, help="largest margin of the sweep (default: all rows)")
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--drops", default="0.01,0.03,0.08")
     ap.add_argument("--threads", type=int, default=2)
@@ -57,41 +73,58 @@ def main() -> None:
     _, val = train_val_split(ds.train, val_size=5000, seed=0)
     val = val.take(args.val_images)
     evaluator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
-    root = RUNS / "bench-search" / f"{args.model}-{args.structured}-{args.val_images}"
-    drops = [float(d) for d in args.drops.split(",")]
-    results: dict = {}
+    root = RUNS / "bench-search" / f"{args.model}-{args.structured}-{args.val_images}-s{args.step}"
+    drops = sorted(float(d) for d in args.drops.split(","))
+    middle = drops[len(drops) // 2]
 
-    def row_of(r, target=None) -> dict:
-        best = r.best
-        if target is not None:  # the grid's full evaluations answer a stricter target too
-            passing = [t for t in r.trials if t.complete and t.accuracy >= target]
-            best = min(passing, key=lambda t: (t.size, t.index)) if passing else None
-        return {"size": best.size if best else None, "ratios": best.ratios if best else None,
-                "accuracy": best.accuracy if best else None, **r.cost}
+    def config(order, strategy, drop):
+        return SearchConfig(pipeline=Pipeline(order=order, structured=args.structured), strategy=strategy,
+                            drop=drop, step=args.step, margin=args.margin)
 
-    loosest = max(drops)
     grids = {}
-    for order in ("dc", "ns", "ns-dc", "dc-ns"):
-        cfg = SearchConfig(pipeline=Pipeline(order=order, structured=args.structured), strategy="grid", drop=loosest, step=args.step)
-        grids[order] = search(model, evaluator, meta, cfg, root / f"{order}-grid")
+    for order in ("dc", "ns", *PIPELINES):
+        grids[order] = search(model, evaluator, meta, config(order, "grid", max(drops)), root / f"{order}-grid")
         print(f"grid {order}: {grids[order].cost}", flush=True)
+    baseline = grids["ns-dc"].baseline_accuracy
+    n = len(config("ns", "grid", 0.01).grid)
+    results: dict = {"baseline_val_accuracy": baseline, "grid_points_per_axis": n, "targets": {}}
+    checks: dict = {}
     for drop in drops:
-        key = f"drop {drop:.2f}"
-        target = grids["ns-dc"].baseline_accuracy - drop
-        results[key] = {"target": target}
-        for order in ("dc", "ns"):
-            results[key][f"{order} only (grid)"] = row_of(grids[order], target)
-        for order in ("ns-dc", "dc-ns"):
-            results[key][f"{order} grid"] = row_of(grids[order], target)
-            for strategy in ("margin", "bisect"):
-                cfg = SearchConfig(pipeline=Pipeline(order=order, structured=args.structured), strategy=strategy, drop=drop, step=args.step,
-                                   margin=args.margin)
-                results[key][f"{order} {strategy}"] = row_of(search(model, evaluator, meta, cfg,
-                                                                    root / f"{order}-{strategy}-{drop}"))
-        print(key, json.dumps(results[key]), flush=True)
-    print(json.dumps(results, indent=2))
+        target = baseline - drop
+        res = results["targets"][f"-{drop * 100:.0f} pt"] = {"target": target}
+        for order in ("dc", "ns", *PIPELINES):
+            g = grids[order]
+            best, trials = replay("grid", g.trials, Pipeline(order=order).axes, n, target=target)
+            res[f"{order} grid"] = row(best, trials.cost())
+        for order in PIPELINES:
+            g = grids[order]
+            best, trials = replay("margin", g.trials, Pipeline(order=order).axes, n, target=target,
+                                  margin=args.margin)
+            res[f"{order} margin"] = row(best, trials.cost())
+            if drop == middle:  # the replay is what a real run does: check it once per pipeline
+                real = search(model, evaluator, meta, config(order, "margin", drop), root / f"{order}-margin-{drop}")
+                same = (real.best.index if real.best else None) == (best.index if best else None)
+                checks[order] = {"replay_equals_real_run": same and real.cost["checks"] == trials.cost()["checks"],
+                                 "real": row(real.best, real.cost)}
+                if can_plot():
+                    shutil.copy(root / f"{order}-margin-{drop}" / "trajectory.png",
+                                RESULTS / f"search_{args.model}_{order}_margin_trajectory.png")
+            b = search(model, evaluator, meta, config(order, "bisect", drop), root / f"{order}-bisect-{drop}")
+            res[f"{order} bisect"] = row(b.best, b.cost)
+            if drop == middle and can_plot():
+                shutil.copy(root / f"{order}-bisect-{drop}" / "trajectory.png",
+                            RESULTS / f"search_{args.model}_{order}_bisect_trajectory.png")
+            sweep = margin_sweep(g.trials, Pipeline(order=order).axes, n, range((args.sweep or n - 1) + 1),
+                                 target=target)
+            res[f"{order} margin sweep"] = [{k: r[k] for k in ("margin", "size", "checks")} for r in sweep]
+            if drop == middle and can_plot():
+                plot_margin_sweep(sweep, RESULTS / f"search_{args.model}_{order}_margin_sweep.png",
+                                  f"{args.model}, {order}: margin sweep at target {target:.2%}")
+        print(f"-{drop * 100:.0f} pt", json.dumps({k: v for k, v in res.items() if "sweep" not in k}), flush=True)
+    results["margin_replay_check"] = checks
     save(f"search_{args.model}", {"args": vars(args), "results": results,
-                                  "data": f"validation: {args.val_images} of the 5,000 held-out training images"})
+                                  "data": f"validation: {args.val_images} of the 5,000 held-out training images "
+                                          "(seed 0)"})
 
 
 if __name__ == "__main__":

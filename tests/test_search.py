@@ -43,6 +43,9 @@ class Landscape:
             self.done[index] = Trial(index, index, self.passes(*index), 0.0, True, 0, self.size(*index), 0.0)
         return self.done[index]
 
+    def size_at(self, index):
+        return self.size(*index)
+
     def best(self):
         passing = [t for t in self.done.values() if t.passed]
         return min(passing, key=lambda t: (t.size, t.index)) if passing else None
@@ -137,7 +140,8 @@ def test_real_search_meets_the_target_and_resumes(digits_model, tmp_path):
     loaded, _ = load(result.path)
     assert val.evaluate(loaded).accuracy >= result.target
     lines = (tmp_path / "run" / "trials.jsonl").read_text().splitlines()
-    assert len(lines) == result.cost["checks"]
+    kinds = [json.loads(line).get("kind", "check") for line in lines]
+    assert kinds.count("check") == result.cost["checks"] and kinds.count("size") == result.cost["size_builds"]
 
     # Rerunning resumes: nothing is recomputed, the answer is the same.
     again = search(model, val, meta, cfg, tmp_path / "run")

@@ -28,6 +28,7 @@ class RecordedTrials:
         self.records = {t.index: t for t in records}
         self.axes, self.target = tuple(axes), target
         self.done: dict[tuple[int, ...], Trial] = {}
+        self.sized: set[tuple[int, ...]] = set()
 
     def check(self, index: tuple[int, ...]) -> Trial:
         if index not in self.done:
@@ -42,12 +43,19 @@ class RecordedTrials:
             self.done[index] = t
         return self.done[index]
 
+    def size_at(self, index: tuple[int, ...]) -> int:
+        if index not in self.records:
+            raise ConfigError(f"no recorded trial at grid index {index}: replay a run that checked it")
+        self.sized.add(index)
+        return self.records[index].size
+
     def best(self) -> Trial | None:
         passing = [t for t in self.done.values() if t.passed]
         return min(passing, key=lambda t: (t.size, t.index)) if passing else None
 
     def cost(self) -> dict[str, float]:
         return {"checks": len(self.done), "images": sum(t.images for t in self.done.values()),
+                "size_builds": len(self.sized - set(self.done)),
                 "seconds": sum(t.seconds for t in self.done.values())}
 
 

@@ -61,17 +61,26 @@ def margin_search(trials: Trials, n: int, margin: int) -> Trial | None:
     return trials.best()
 
 
-def _last_pass(trials: Trials, make, lo: int, hi: int, guard: int = 2) -> int | None:
+def _last_pass(trials: Trials, make, lo: int, hi: int, guard: int = 1, gallop: bool = False) -> int | None:
     """The largest passing index in [lo, hi), assuming pass-then-fail, by bisection.
 
-    Accuracy is only roughly monotone in a pruning ratio, so after the boundary b is found, the next `guard`
-    indices are checked too; if one of them passes, the trend broke there and the search resumes above it.
+    With `gallop`, the boundary is first bracketed by probing lo+1, lo+2, lo+4, ... : cheaper when it is
+    expected near lo. Accuracy is only roughly monotone in a pruning ratio, so after the boundary b is found,
+    the next `guard` indices are checked too; if one of them passes, the trend broke there and the search
+    resumes above it.
     """
     if lo >= hi:
         return None
     if not trials.check(make(lo)).passed:
         return None
     good, bad = lo, hi  # invariant: good passes; bad fails or is past the end
+    if gallop:
+        step = 1
+        while good + step < hi:
+            if not trials.check(make(good + step)).passed:
+                bad = good + step
+                break
+            good, step = good + step, step * 2
     while True:
         while bad - good > 1:
             mid = (good + bad) // 2
@@ -85,12 +94,31 @@ def _last_pass(trials: Trials, make, lo: int, hi: int, guard: int = 2) -> int | 
         good, bad = max(above), hi
 
 
-def bisect_search(trials: Trials, n: int, margin: int) -> Trial | None:
-    """Ours: the margin heuristic's shape, with every linear scan replaced by a guarded bisection.
+def _first_below(trials: Trials, i: int, lo: int, n: int, bound: int) -> int | None:
+    """The smallest second index in [lo, n) whose candidate is smaller than `bound` bytes, by bisection on
+    sizes (they fall as a ratio rises); builds candidates but checks none."""
+    if trials.size_at((i, n - 1)) >= bound:
+        return None
+    good, bad = n - 1, lo - 1  # good: below the bound; bad: not (or before the range)
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        if trials.size_at((i, mid)) < bound:
+            good = mid
+        else:
+            bad = mid
+    return good
 
-    The first method's limit p1 is bisected; then, from p1 down to p1 - margin, the second method's limit is
-    bisected, starting each time from the limit found for the next higher first ratio (a lower first ratio
-    leaves at least as much room for the second method).
+
+def bisect_search(trials: Trials, n: int, margin: int) -> Trial | None:
+    """Ours: the margin heuristic's shape, with every linear scan replaced by a guarded bisection, and
+    branch and bound on size.
+
+    The first method's limit p1 is bisected. Then, for each first ratio from p1 down to p1 - margin, only the
+    candidates smaller than the best so far can matter; their sizes are known from a build, without an
+    accuracy check. The first of them is checked: if it fails, nothing larger in that row passes (the trend)
+    and the row is done in one check; if it passes, the row's limit is bisected from there. A lower first
+    ratio leaves at least as much room for the second method, so each row starts at the limit of the one above,
+and its own limit is expected close by: it is bracketed by galloping before bisecting.
     """
     axes = len(trials.axes)
     try:
@@ -102,9 +130,10 @@ def bisect_search(trials: Trials, n: int, margin: int) -> Trial | None:
             return None
         floor = 0
         for i in range(p1, max(0, p1 - margin) - 1, -1):
-            limit = _last_pass(trials, lambda k, i=i: (i, k), floor, n)
-            if limit is None:  # the trend broke: this first ratio passes nowhere above the floor; search from 0
-                limit = _last_pass(trials, lambda k, i=i: (i, k), 0, n)
+            start = _first_below(trials, i, floor, n, trials.best().size)
+            if start is None:
+                continue  # every candidate in this row is at least as large as the best
+            limit = _last_pass(trials, lambda k, i=i: (i, k), start, n, gallop=True)
             floor = limit if limit is not None else floor
     except BudgetExhausted:
         pass

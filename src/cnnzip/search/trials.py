@@ -49,6 +49,8 @@ class Trials:
         self._key = {"strategy": strategy, "order": compressor.pipeline.order, "target": target,
                      "early_exit": early_exit}
         self.done: dict[tuple[int, ...], Trial] = {}
+        self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
+        self._built = None  # the last candidate built for its size, reused (its build time counted there)
         self.new_checks = 0
         self.exhausted = False  # set when a budget stopped the search
         self.started = time.perf_counter()
@@ -58,7 +60,11 @@ class Trials:
                     rec = json.loads(line)
                 except ValueError:  # a line cut short by a kill: that trial runs again
                     continue
-                if isinstance(rec, dict) and all(rec.get(k) == v for k, v in self._key.items()):
+                if not (isinstance(rec, dict) and all(rec.get(k) == v for k, v in self._key.items())):
+                    continue
+                if rec.get("kind") == "size":  # a candidate built only for its size (no accuracy check)
+                    self.sizes[tuple(rec["index"])] = (rec["size"], rec["seconds"])
+                else:
                     t = Trial(index=tuple(rec["index"]), ratios=tuple(rec["ratios"]), passed=rec["passed"],
                               accuracy=rec["accuracy"], complete=rec["complete"], images=rec["images"],
                               size=rec["size"], seconds=rec["seconds"])
@@ -71,6 +77,19 @@ class Trials:
     def ratios(self, index: tuple[int, ...]) -> tuple[float, ...]:
         return tuple(self.grid[i] for i in index)
 
+    def size_at(self, index: tuple[int, ...]) -> int:
+        """Bytes of the candidate at `index`, built but not evaluated: a size bound costs a build, not a check."""
+        if index in self.done:
+            return self.done[index].size
+        if index not in self.sizes:
+            started = time.perf_counter()
+            candidate = self.compressor.build(self.ratios(index))
+            self._built = (index, candidate)
+            self.sizes[index] = (candidate.size, time.perf_counter() - started)
+            self._write({**self._key, "kind": "size", "index": list(index), "size": candidate.size,
+                         "seconds": self.sizes[index][1]})
+        return self.sizes[index][0]
+
     def check(self, index: tuple[int, ...]) -> Trial:
         if index in self.done:
             return self.done[index]
@@ -81,7 +100,11 @@ class Trials:
             self.exhausted = True
             raise BudgetExhausted(f"reached --time-budget {self.time_budget} s")
         started = time.perf_counter()
-        candidate = self.compressor.build(self.ratios(index))
+        if self._built is not None and self._built[0] == index:
+            candidate = self._built[1]
+        else:
+            candidate = self.compressor.build(self.ratios(index))
+        self._built = None
         if self.early_exit:
             r = self.evaluator.check(candidate.model, self.target)
         else:
@@ -95,7 +118,9 @@ class Trials:
         return trial
 
     def _append(self, trial: Trial) -> None:
-        rec = {**self._key, **trial.__dict__, "index": list(trial.index), "ratios": list(trial.ratios)}
+        self._write({**self._key, **trial.__dict__, "index": list(trial.index), "ratios": list(trial.ratios)})
+
+    def _write(self, rec: dict) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as f:  # one line per trial, flushed at once: a kill loses at most the current one
             f.write(json.dumps(rec) + "\n")
@@ -103,8 +128,10 @@ class Trials:
             os.fsync(f.fileno())
 
     def cost(self) -> dict[str, float]:
+        """Accuracy checks, images evaluated, candidates built only for their size, and seconds for all of it."""
         return {"checks": len(self.done), "images": sum(t.images for t in self.done.values()),
-                "seconds": sum(t.seconds for t in self.done.values())}
+                "size_builds": len(self.sizes),
+                "seconds": sum(t.seconds for t in self.done.values()) + sum(sec for _, sec in self.sizes.values())}
 
     def best(self) -> Trial | None:
         passing = [t for t in self.done.values() if t.passed]
