@@ -11,6 +11,7 @@ differently (say, the architecture's code changed) is an error rather than a sil
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .models import create_model, load_weights
+from .models import RemovedBlock, create_model, load_weights, remove_blocks, removed_blocks
 from .models._checkpoint import read_checkpoint
 from .train import atomic_save
 
@@ -60,7 +61,8 @@ def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
     spec = getattr(model, "cnnzip_spec", None)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     atomic_save({"format": FORMAT, "version": VERSION, "spec": dict(spec) if spec is not None else None,
-                 "widths": layer_widths(model), "meta": meta.as_dict(), "state_dict": state,
+                 "widths": layer_widths(model), "removed": removed_blocks(model), "meta": meta.as_dict(),
+                 "state_dict": state,
                  "probe": _probe_output(model, meta.input_shape)}, path)
     return Path(path)
 
@@ -76,7 +78,7 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
                          "(e.g. --model resnet56) so they can be loaded into it")
     if blob.get("version", 0) > VERSION:
         raise ModelError(f"{path} was written by a newer cnnzip (format version {blob['version']}); upgrade cnnzip")
-    model = rebuild(blob["spec"], blob.get("widths", {}), model, path)
+    model = rebuild(blob["spec"], blob.get("widths", {}), model, path, blob.get("removed", ()))
     load_weights(model, blob["state_dict"])
     meta = ModelMeta.from_dict(blob["meta"])
     if blob.get("probe") is not None:
@@ -85,16 +87,24 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
 
 
 def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None,
-            path: str | Path) -> nn.Module:
+            path: str | Path, removed: Sequence[str] = ()) -> nn.Module:
     """The saved architecture, weights still to load: the zoo model from `spec` (or the caller's fresh `model`
-    for architectures outside the zoo), narrowed to the saved layer widths."""
+    for architectures outside the zoo), without the blocks layer fusion removed, narrowed to the saved widths."""
     if model is None:
         if spec is None:
             raise ModelError(f"{path} holds a model from outside the zoo: load it with load(path, "
                              "model=YourNet()), passing a fresh instance of its class")
         spec = dict(spec)
         model = create_model(spec.pop("name"), **spec)
+    try:
+        remove_blocks(model, [n for n in removed if not isinstance(_submodule(model, n), RemovedBlock)])
+    except AttributeError as e:
+        raise ModelError(f"{path} removed a block this architecture lacks ({e}); is it the same model class?") from e
     return apply_widths(model, widths)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
 
 
 _WIDTH_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)

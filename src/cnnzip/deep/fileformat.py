@@ -157,6 +157,7 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
                     *, gap_bits_conv: int = 8, gap_bits_fc: int = 5) -> SizeReport:
     """Write the weight-shared `model` (its `books` from `share_weights`) as a compressed file; return sizes."""
     from ..modelfile import _probe_output, layer_widths
+    from ..models import removed_blocks
 
     modules = dict(model.named_modules())
     state = model.state_dict()
@@ -199,7 +200,8 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
     spec = getattr(model, "cnnzip_spec", None)
     probe = _probe_output(model, tuple(meta.input_shape))
     header = {"format": "cnnzip.deep", "version": VERSION, "spec": dict(spec) if spec else None,
-              "widths": layer_widths(model), "meta": meta.as_dict(), "layers": layers, "raw": raw,
+              "widths": layer_widths(model), "removed": removed_blocks(model), "meta": meta.as_dict(),
+              "layers": layers, "raw": raw,
               "probe": {"shape": list(probe.shape), "values": probe.flatten().tolist()}}
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + payload.getvalue()
@@ -251,7 +253,7 @@ def load_compressed(path: str | Path, model: nn.Module | None = None):
             raise ModelError(f"{path} is corrupt: a section runs past the end of the file")
         return bytes(payload[start:start + length])
 
-    model = rebuild(header["spec"], header["widths"], model, path)
+    model = rebuild(header["spec"], header["widths"], model, path, header.get("removed", ()))
     state: dict[str, torch.Tensor] = {}
     for entry in header["layers"]:
         streams = {

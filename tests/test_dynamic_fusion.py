@@ -1,0 +1,228 @@
+"""Dynamic pruning by channel sparsity, response distillation, and layer fusion (issue 6)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnzip.data import Loader, load_digits, train_val_split
+from cnnzip.deep import WeightSharing, load_compressed, save_compressed, share_weights
+from cnnzip.distill import Distillation, distillation_loss
+from cnnzip.errors import ConfigError
+from cnnzip.measure import Evaluator, count_macs
+from cnnzip.modelfile import ModelMeta, layer_widths, load_model, save_model
+from cnnzip.models import RemovedBlock, create_model, remove_blocks
+from cnnzip.prune import analyze
+from cnnzip.prune.channel_sparsity import channel_sparsity
+from cnnzip.prune.dynamic import DynamicPruning, ThresholdSearch, dynamic_prune, sparsity_plan
+from cnnzip.prune.fusion import LayerFusion, choose_blocks, depth, fresh_copy, fuse_layers, residual_blocks
+from cnnzip.train import TrainConfig, fit
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_digits()
+    train, val = train_val_split(ds.train, val_size=0.2, seed=0)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1, width=0.5)
+    batches = Loader(train, 64, shuffle=True, mean=ds.mean, std=ds.std)
+    fit(model, batches, TrainConfig(epochs=4, lr=0.05), progress=False)
+    meta = ModelMeta(ds.mean, ds.std, SHAPE, ds.classes)
+    return model.eval(), batches, Evaluator(Loader(val, 500, mean=ds.mean, std=ds.std)), meta
+
+
+def test_channel_sparsity_is_the_zero_fraction_where_the_channels_are_read(digits):
+    model, _, val, _ = digits
+    graph = analyze(model, torch.zeros(1, *SHAPE))
+    sparsity = channel_sparsity(graph, val.batches)
+    # By hand: the input of layer2.1.conv2 is relu(bn1(conv1(.))): its zero fraction per channel.
+    seen = []
+    handle = model.layer2[1].conv2.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+    with torch.no_grad():
+        for x, _ in val.batches:
+            model(x)
+    handle.remove()
+    acts = torch.cat(seen)
+    expected = (acts == 0).double().mean(dim=(0, 2, 3)).float()
+    assert torch.allclose(sparsity["layer2.1.conv1"], expected, atol=1e-6)
+    assert set(sparsity) == {g.name for g in graph.groups}
+    assert all(((s >= 0) & (s <= 1)).all() for s in sparsity.values())
+
+
+def test_threshold_search_follows_the_papers_rule():
+    s = ThresholdSearch(0.5, 1.0)
+    assert s.current == 0.75
+    s.feedback(True)  # pass: P_u = 0.75, then P_c lowered by a quarter of [0.5, 0.75]
+    assert (s.lower, s.upper, s.current) == (0.5, 0.75, 0.6875)
+    s.feedback(False)  # fail: P_l = 0.6875, then P_c raised by half of [0.6875, 0.75]
+    assert (s.lower, s.upper, s.current) == (0.6875, 0.75, 0.71875)
+    s.feedback(False)
+    assert not s.done and s.upper - s.lower == 0.03125
+    s.feedback(True)
+    assert s.done and s.upper == 0.734375
+
+
+def test_sparsity_plan_keeps_the_least_sparse_channels():
+    sparsity = {"a": torch.tensor([0.9, 0.2, 0.95, 0.99]), "b": torch.tensor([0.1, 0.3])}
+    assert sparsity_plan(sparsity, 0.8) == {"a": [0, 2, 3]}
+    assert sparsity_plan(sparsity, 0.8, min_channels=2) == {"a": [2, 3]}
+    assert sparsity_plan(sparsity, 0.0, min_channels=1) == {"a": [0, 2, 3], "b": [1]}
+
+
+def test_dynamic_pruning_shrinks_inner_widths_meets_the_target_and_resumes(digits, tmp_path):
+    model, batches, val, meta = digits
+    tags = []
+
+    def finetune(tag, m):
+        tags.append(tag)
+        fit(m, batches, TrainConfig(epochs=1, lr=0.01), progress=False)
+
+    config = DynamicPruning(drop=0.02, iterations=2)
+    result = dynamic_prune(model, val, finetune, config, meta, tmp_path)
+    assert result.macs[1] < result.macs[0] and result.accuracy >= result.target
+    before, after = layer_widths(model), layer_widths(result.model)
+    # The residual stream keeps its width (every block's output), only inner widths shrink.
+    assert all(after[f"layer{s}.{b}.conv2"][1] == before[f"layer{s}.{b}.conv2"][1] for s in (1, 2, 3) for b in (0, 1, 2))
+    assert any(after[n][1] < before[n][1] for n in after if n.endswith("conv1") and n != "conv1")
+    # The trials follow the threshold rule: each iteration's thresholds replay a ThresholdSearch.
+    for it in {t["iteration"] for t in result.trials}:
+        search = ThresholdSearch(0.5, 1.0)
+        for t in [t for t in result.trials if t["iteration"] == it]:
+            assert t["threshold"] == round(search.current, 6)
+            search.feedback(t["passed"])
+    # The saved result reloads; a rerun resumes from state.json without fine-tuning again.
+    loaded, _ = load_model(result.path)
+    assert val.evaluate(loaded).accuracy == result.accuracy
+    tags.clear()
+    again = dynamic_prune(model, val, finetune, config, meta, tmp_path)
+    assert tags == [] and again.macs == result.macs
+    with pytest.raises(ConfigError, match="other settings"):
+        dynamic_prune(model, val, finetune, DynamicPruning(drop=0.05), meta, tmp_path)
+    with pytest.raises(ConfigError, match="above the model's own"):
+        dynamic_prune(model, val, finetune, DynamicPruning(target=1.0), meta, tmp_path / "x")
+
+
+def test_distillation_loss_is_the_weighted_sum():
+    torch.manual_seed(0)
+    teacher = nn.Linear(5, 3)
+    student = nn.Linear(5, 3)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    hook = Distillation(teacher, temperature=4, alpha=0.7)
+    logits = student(x)
+    total = F.cross_entropy(logits, y) + hook.loss(student, x, logits, y)
+    t = teacher(x).detach()
+    kl = (F.softmax(t / 4, 1) * (F.log_softmax(t / 4, 1) - F.log_softmax(logits / 4, 1))).sum(1).mean() * 16
+    assert torch.allclose(total, 0.3 * F.cross_entropy(logits, y) + 0.7 * kl, atol=1e-6)
+    assert torch.allclose(distillation_loss(t, t, 4.0), torch.tensor(0.0), atol=1e-7)
+    assert Distillation(teacher, alpha=0).loss(student, x, logits, y) is None
+    with pytest.raises(ConfigError):
+        Distillation(teacher, temperature=0)
+
+
+def test_distillation_pulls_the_student_to_the_teacher(digits):
+    model, batches, val, _ = digits
+    torch.manual_seed(1)
+    student = create_model("small_cnn", num_classes=10, in_channels=1)
+    hook = Distillation(model, temperature=4, alpha=1.0)  # soft targets only: no labels used
+    fit(student, batches, TrainConfig(epochs=3, lr=0.05), hooks=[hook], progress=False)
+    agree = seen = 0
+    with torch.no_grad():
+        for x, _ in val.batches:
+            agree += int((student.eval()(x).argmax(1) == model(x).argmax(1)).sum())
+            seen += len(x)
+    assert agree / seen > 0.85
+
+
+def test_removing_a_block_equals_zeroing_its_residual_path():
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    zeroed = create_model("resnet20").eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        zeroed.layer2[1].bn2.weight.zero_()
+        zeroed.layer2[1].bn2.bias.zero_()
+    remove_blocks(model, ["layer2.1"])
+    assert isinstance(model.layer2[1], RemovedBlock)
+    assert torch.equal(model(x), zeroed(x))
+    assert depth(zeroed) == 20 and depth(model) == 18
+
+
+def test_material_and_carrier():
+    model = create_model("resnet20")
+    model.layer2[2].conv1.out_channels = 3  # width is read from the convs
+    blocks = residual_blocks(model, (3, 32, 32))
+    assert [b.name for b in blocks][:4] == ["layer1.0", "layer1.1", "layer1.2", "layer2.0"]
+    assert [b.removable for b in blocks] == [True, True, True, False, True, True, False, True, True]
+    material, carrier = choose_blocks(blocks)
+    assert (material.name, material.width, carrier.name) == ("layer2.2", 3, "layer2.1")
+    # With no block of its shape before it, the carrier is the one after it.
+    model.layer1[0].conv1.out_channels = 2
+    material, carrier = choose_blocks(residual_blocks(model, (3, 32, 32)))
+    assert (material.name, carrier.name) == ("layer1.0", "layer1.1")
+
+
+def test_fused_model_saves_and_reloads_in_a_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.5).eval()
+    remove_blocks(model, ["layer1.1", "layer3.2"])
+    meta = ModelMeta((0.5,) * 3, (0.25,) * 3)
+    path = save_model(tmp_path / "fused.pt", model, meta)
+    x = torch.randn(2, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    script = (f"import torch; from cnnzip.modelfile import load_model; m, _ = load_model(r'{path}'); "
+              f"torch.save(m(torch.load(r'{tmp_path / 'x.pt'}')).detach(), r'{tmp_path / 'y.pt'}')")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
+    shared, books = share_weights(model, WeightSharing(conv_bits=4, fc_bits=4))
+    save_compressed(tmp_path / "fused.cnnz", shared, books, meta)
+    back, _ = load_compressed(tmp_path / "fused.cnnz")
+    with torch.no_grad():
+        assert torch.equal(back(x), shared(x))
+
+
+def test_layer_fusion_end_to_end_with_snapshots_ablations_and_resume(digits, tmp_path):
+    model, batches, val, meta = digits
+    calls = []
+
+    def short(tag, m, params, hooks):
+        params = list(params)
+        names = {n for n, p in m.named_parameters() if any(p is q for q in params)}
+        calls.append((tag, sorted({n.rsplit(".", 2)[0] for n in names}), [type(h).__name__ for h in hooks]))
+        fit(m, batches, TrainConfig(epochs=1, lr=0.01), parameters=params, hooks=hooks, progress=False)
+
+    def long(tag, m, hooks):
+        calls.append((tag, None, [type(h).__name__ for h in hooks]))
+        fit(m, batches, TrainConfig(epochs=2, lr=0.01), hooks=hooks, progress=False)
+
+    config = LayerFusion(long_every=2, max_drop=0.05, max_removals=4)
+    result = fuse_layers(model, val, short, long, config, meta, tmp_path / "kd")
+    rows = result.rows
+    assert rows[0]["removed"] == 0 and rows[0]["depth"] == 20
+    assert [c[0] for c in calls][:3] == ["short-1", "short-2", "long-2"]
+    assert calls[0][1] == ["layer1.1"] and calls[0][2] == ["Distillation"]  # the carrier of layer1.0 only
+    kept = [r for r in rows if r["file"]]
+    assert kept and all(r["accuracy"] >= result.reference_accuracy - 0.05 for r in kept)
+    assert kept[-1]["fused_layers"] == 2 * kept[-1]["removed"] and kept[-1]["macs"] < rows[0]["macs"]
+    assert val.evaluate(result.model).accuracy == kept[-1]["accuracy"]
+    assert count_macs(result.model, SHAPE) == kept[-1]["macs"]
+    n = len(calls)
+    again = fuse_layers(model, val, short, long, config, meta, tmp_path / "kd")  # resumes: nothing to redo
+    assert len(calls) == n and again.rows == rows
+
+    calls.clear()
+    fuse_layers(model, val, short, long, LayerFusion(loss="ce", short=False, long_every=2, max_removals=2), meta,
+                tmp_path / "ce")
+    assert calls == [("long-2", None, [])]
+
+    fresh = fresh_copy(result.model)
+    assert layer_widths(fresh) == layer_widths(result.model)
+    assert not torch.equal(fresh.linear.weight, result.model.linear.weight)
+    assert json.loads((tmp_path / "kd" / "state.json").read_text())["stopped"]
