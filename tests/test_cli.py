@@ -182,3 +182,24 @@ def test_search_command_finds_and_resumes(tmp_path, capsys):
     tuned = capsys.readouterr().out
     assert "after fine-tuning:" in tuned and tuned.splitlines()[2] == first.splitlines()[2]
     assert json.loads((tmp_path / "c" / "result.json").read_text())["finetuned"]
+
+
+def test_dynamic_prune_and_fuse_commands(tmp_path, capsys):
+    model = tmp_path / "r20" / "model.pt"
+    assert main(["train", "--model", "resnet20", "--width", "0.5", "--epochs", "3", "--lr", "0.05", "--out",
+                 str(tmp_path / "r20"), "--no-progress"]) == 0
+    assert main(["dynamic-prune", str(model), "--drop", "0.05", "--iterations", "1", "--tolerance", "0.1",
+                 "--out", str(tmp_path / "dyn"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "dyn" / "report.json").read_text())
+    assert "fewer" in out and report["macs"]["after"] < report["macs"]["before"]
+    assert report["validation"]["after"] >= report["validation"]["target"]
+    assert main(["fuse", str(tmp_path / "dyn" / "pruned.pt"), "--every", "1", "--max-drop", "0.5", "--max-removals",
+                 "1", "--out", str(tmp_path / "fuse"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "2 layers fused" in out and "test accuracy (once)" in out
+    rows = json.loads((tmp_path / "fuse" / "report.json").read_text())["rows"]
+    assert rows[-1]["depth"] == rows[0]["depth"] - 2 and rows[-1]["macs"] < rows[0]["macs"]
+    assert main(["fuse", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["dynamic-prune", str(model), "--target-acc", "1.0", "--out", str(tmp_path / "y")]) == 2
+    assert "above the model's own" in capsys.readouterr().err

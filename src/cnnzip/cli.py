@@ -203,6 +203,60 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=Path("runs/search"))
     s.set_defaults(func=_cmd_search)
 
+    s = sub.add_parser("dynamic-prune", help="remove mostly-zero channels, threshold set by binary search on "
+                       "fine-tuned accuracy", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=EPILOG_DYNAMIC, description="Dynamic pruning (Electronics 2023, 12, 1208): measure "
+                       "each channel's zero fraction on the validation split, remove the channels above a threshold, "
+                       "fine-tune, and binary-search the threshold (from [0.5, 1.0] until the interval is below "
+                       "--tolerance) so that the fine-tuned model meets the target; repeat --iterations times. "
+                       "Rerun the same command to resume. Writes OUT/pruned.pt and OUT/report.json.")
+    s.add_argument("model_path", type=Path, metavar="MODEL", help="cnnzip model file or raw weights")
+    s.add_argument("--model", default=None, help="architecture for raw weights")
+    _add_data_args(s)
+    goal = s.add_mutually_exclusive_group()
+    goal.add_argument("--target-acc", type=float, help="validation accuracy every kept trial must meet")
+    goal.add_argument("--drop", type=float, help="accepted drop below the starting validation accuracy "
+                      "(default 0.005: slightly below the baseline, as the paper)")
+    s.add_argument("--iterations", type=int, default=3)
+    s.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs of every trial (the feedback)")
+    s.add_argument("--lower", type=float, default=0.5, help="initial lower end of the threshold interval")
+    s.add_argument("--upper", type=float, default=1.0)
+    s.add_argument("--tolerance", type=float, default=0.03, help="stop when the interval is narrower")
+    s.add_argument("--min-channels", type=int, default=1)
+    s.add_argument("--residual-stream", action="store_true", help="also prune channels tied to residual "
+                   "additions (default: only block inner widths, as the paper)")
+    s.add_argument("--sparsity-images", type=int, default=None, help="validation images for the sparsity "
+                   "measurement (default: all)")
+    _add_finetune_args(s, "runs/dynamic")
+    s.set_defaults(func=_cmd_dynamic)
+
+    s = sub.add_parser("fuse", help="layer fusion: remove thin residual blocks with distillation",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_FUSE,
+                       description="Layer fusion (Electronics 2023, 12, 1208): repeatedly remove the thinnest "
+                       "residual block with an identity shortcut, fine-tune the block before it (the carrier) "
+                       "with knowledge distillation from MODEL, and fine-tune the whole network every --every "
+                       "removals; stop when validation accuracy falls more than --max-drop below MODEL's. Keeps "
+                       "OUT/fused-<k>.pt after each long fine-tune and prints depth, fused layers, MACs and "
+                       "accuracy. Rerun the same command to resume.")
+    s.add_argument("model_path", type=Path, metavar="MODEL", help="the (pruned) model: also the teacher")
+    s.add_argument("--model", default=None, help="architecture for raw weights")
+    _add_data_args(s)
+    s.add_argument("--short-epochs", type=int, default=1, help="epochs of the carrier's fine-tune per removal")
+    s.add_argument("--long-epochs", type=int, default=2, help="epochs of the whole network's fine-tune")
+    s.add_argument("--every", type=int, default=4, help="long fine-tune after this many removals")
+    s.add_argument("--max-drop", type=float, default=0.03)
+    s.add_argument("--loss", choices=["kd", "ce"], default="kd", help="kd: distillation from MODEL (T, alpha); "
+                   "ce: plain cross-entropy (ablation)")
+    s.add_argument("--temperature", type=float, default=4.0)
+    s.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    s.add_argument("--no-short", action="store_true", help="skip the short fine-tunes (ablation)")
+    s.add_argument("--max-width", type=int, default=None, help="only blocks at most this many channels wide")
+    s.add_argument("--max-removals", type=int, default=None)
+    s.add_argument("--scratch-epochs", type=int, default=0, help="ablation: also train the final architecture "
+                   "from new weights for this many epochs and report its accuracy")
+    _add_finetune_args(s, "runs/fuse")
+    s.set_defaults(func=_cmd_fuse)
+
     s = sub.add_parser("export", help="write a model as an ONNX file (checked against PyTorch)",
                        description="Export a model file or raw weights to ONNX with a dynamic batch size. The "
                        "file is checked with onnx.checker and its outputs compared with PyTorch's before it is "
@@ -246,6 +300,17 @@ EPILOG_DEEP = """examples:
   cnnzip eval runs/r56-dc/model.cnnz --data ../shared/datasets/cifar10-jpeg.tar.gz"""
 
 
+EPILOG_DYNAMIC = """examples:
+  cnnzip dynamic-prune runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+      --drop 0.005 --epochs 1 --iterations 3 --out runs/r56-dynamic
+"""
+
+EPILOG_FUSE = """examples:
+  cnnzip fuse runs/r56-dynamic/pruned.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+      --short-epochs 1 --long-epochs 2 --every 4 --out runs/r56-fuse
+  cnnzip fuse runs/r56-dynamic/pruned.pt --data ... --loss ce --out runs/r56-fuse-ce     # ablation
+"""
+
 EPILOG_SEARCH = """examples:
   cnnzip search runs/vgg-sparse/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
       --drop 0.01 --strategy bisect --out runs/vgg-search
@@ -253,6 +318,15 @@ EPILOG_SEARCH = """examples:
       --target-acc 0.88 --strategy margin --margin 5 --step 0.05 --out runs/r56-margin
 Decisions use the validation split (held out from the training images); the test split is used once, at the
 end, for the winner."""
+
+
+def _add_finetune_args(s: argparse.ArgumentParser, out: str) -> None:
+    s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (cosine schedule)")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=Path(out))
+    s.add_argument("--no-progress", action="store_true")
 
 
 def _add_data_args(s: argparse.ArgumentParser) -> None:
@@ -558,6 +632,101 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_dynamic(args) -> int:
+    from .data import Loader
+    from .measure import Evaluator, count_macs, count_parameters
+    from .modelfile import ModelMeta
+    from .prune.dynamic import DynamicPruning, dynamic_prune
+
+    device, ds, train, val, model, meta, mean, std = _prepare(args)
+    if val is None:
+        raise ConfigError("dynamic pruning measures sparsity and judges trials on a validation split: set "
+                          "--val-size above 0")
+    shape = (ds.in_channels, *ds.image_size)
+    config = DynamicPruning(target=args.target_acc, drop=None if args.target_acc is not None else
+                            (args.drop if args.drop is not None else 0.005), lower=args.lower, upper=args.upper,
+                            tolerance=args.tolerance, iterations=args.iterations, min_channels=args.min_channels,
+                            residual_stream=args.residual_stream, max_images=args.sparsity_images)
+    out_meta = ModelMeta(mean, std, shape, ds.classes, notes={"from": str(args.model_path), "dynamic": True})
+    batches = Loader(train, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
+                     seed=args.seed, device=device)
+    run = _stage_trainer(args, batches, device, {"trial": args.epochs}, config=str(config))
+    evaluator = Evaluator(Loader(val, 500, mean=mean, std=std))
+    result = dynamic_prune(model.cpu().eval(), evaluator, lambda tag, m: run("trial", m, [], tag=tag), config,
+                           out_meta, args.out, device=device)
+    test = Evaluator(Loader(ds.test, 500, mean=mean, std=std))
+    accuracy = {"original": test.evaluate(model.cpu()).accuracy, "pruned": test.evaluate(result.model).accuracy}
+    print(f"{'iter':>4} {'threshold':>9} {'removed':>8} {'MACs':>13} {'val acc':>8}  verdict")
+    for t in result.trials:
+        print(f"{t['iteration']:>4} {t['threshold']:>9.4f} {t['removed']:>8} {t['macs']:>13,} {t['accuracy']:>8.2%}  "
+              + ("meets" if t["passed"] else "misses") + f" {result.target:.2%}")
+    before, after = result.macs
+    print(f"MACs {before:,} -> {after:,} ({1 - after / before:.1%} fewer); parameters {count_parameters(model):,} -> "
+          f"{count_parameters(result.model):,}")
+    print(f"validation accuracy {result.baseline_accuracy:.2%} -> {result.accuracy:.2%}; test accuracy (once) "
+          f"{accuracy['original']:.2%} -> {accuracy['pruned']:.2%}")
+    report = {"config": config.__dict__ | {"skip": list(config.skip)}, "epochs": args.epochs,
+              "macs": {"before": before, "after": after, "reduction": 1 - after / before},
+              "params": {"before": count_parameters(model), "after": count_parameters(result.model)},
+              "validation": {"before": result.baseline_accuracy, "after": result.accuracy, "target": result.target},
+              "test": accuracy, "trials": result.trials, "macs_check": count_macs(result.model, shape)}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"saved {result.path}")
+    return 0
+
+
+def _cmd_fuse(args) -> int:
+    from .data import Loader
+    from .measure import Evaluator
+    from .modelfile import ModelMeta, save_model
+    from .prune.fusion import LayerFusion, fresh_copy, fuse_layers
+    from .train import TrainConfig, fit
+
+    device, ds, train, val, model, meta, mean, std = _prepare(args)
+    if val is None:
+        raise ConfigError("layer fusion judges every step on a validation split: set --val-size above 0")
+    shape = (ds.in_channels, *ds.image_size)
+    config = LayerFusion(loss=args.loss, temperature=args.temperature, alpha=args.alpha, short=not args.no_short,
+                         long_every=args.every, max_drop=args.max_drop, max_width=args.max_width,
+                         max_removals=args.max_removals)
+    out_meta = ModelMeta(mean, std, shape, ds.classes, notes={"from": str(args.model_path), "fused": True})
+    batches = Loader(train, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
+                     seed=args.seed, device=device)
+    run = _stage_trainer(args, batches, device, {"short": args.short_epochs, "long": args.long_epochs},
+                         config=str(config))
+
+    def short(tag, m, params, hooks):
+        run("short", m, hooks, tag=tag, parameters=params)
+
+    evaluator = Evaluator(Loader(val, 500, mean=mean, std=std))
+    result = fuse_layers(model.cpu().eval(), evaluator, short, lambda tag, m, hooks: run("long", m, hooks, tag=tag),
+                         config, out_meta, args.out)
+    test = Evaluator(Loader(ds.test, 500, mean=mean, std=std))
+    print(f"{'removed':>7} {'depth':>5} {'fused layers':>12} {'MACs':>13} {'val acc':>8}")
+    for r in result.rows:
+        print(f"{r['removed']:>7} {r['depth']:>5} {r['fused_layers']:>12} {r['macs']:>13,} {r['accuracy']:>8.2%}"
+              + ("  below the floor: stopped" if r.get("below_floor") else ""))
+    report = {"config": config.__dict__, "rows": result.rows, "reference_val_accuracy": result.reference_accuracy,
+              "test": {"pruned": test.evaluate(model.cpu()).accuracy, "fused": test.evaluate(result.model).accuracy}}
+    if args.scratch_epochs > 0:
+        scratch = fresh_copy(result.model, seed=args.seed)
+        fit(scratch, batches, TrainConfig(epochs=args.scratch_epochs, lr=0.1, seed=args.seed), device=device,
+            checkpoint=args.out / "scratch.pt", progress=not args.no_progress,
+            fingerprint=_fingerprint(args, scratch=str(result.path)))
+        scratch.cpu().eval()
+        save_model(args.out / "scratch-model.pt", scratch, out_meta)
+        report["test"]["scratch"] = test.evaluate(scratch).accuracy
+    print("test accuracy (once): " + ", ".join(f"{k} {v:.2%}" for k, v in report["test"].items()))
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    kept = [r for r in result.rows if r["file"]]
+    if kept:
+        print(f"kept {result.path}: {kept[-1]['fused_layers']} layers fused")
+    else:
+        print(f"no fused model stayed within {args.max_drop:.1%} of MODEL's validation accuracy; try more "
+              "--short-epochs/--long-epochs, a larger --max-drop, or --every 1")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from .deploy import export_onnx
     from .modelfile import load_any
@@ -667,16 +836,17 @@ def _stage_trainer(args, batches, device, epochs: dict[str, int], on_start=None,
     """
     from .train import TrainConfig, fit
 
-    def run(stage: str, model, hooks) -> None:
+    def run(stage: str, model, hooks, tag: str | None = None, parameters=None) -> None:
         n = epochs.get(stage, 0)
         if n <= 0:
             return
         if on_start is not None:
             on_start(stage, model)
-        fp = _fingerprint(args, stage=stage, **fingerprint)
+        fp = _fingerprint(args, stage=stage, tag=tag, **fingerprint)
         key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
         fit(model, batches, TrainConfig(epochs=n, lr=args.lr, seed=args.seed), hooks=hooks, device=device,
-            checkpoint=args.out / f"{stage}-{key}.pt", progress=not args.no_progress, fingerprint=fp)
+            checkpoint=args.out / f"{tag or stage}-{key}.pt", progress=not args.no_progress, fingerprint=fp,
+            parameters=parameters)
         model.cpu()
     return run
 
