@@ -50,7 +50,29 @@ def load_subject(name: str):
 def row(best, trials_cost) -> dict:
     return {"size": best.size if best else None, "ratios": list(best.ratios) if best else None,
             "accuracy": best.accuracy if best else None, "checks": trials_cost["checks"],
-            "images": trials_cost["images"], "seconds": round(trials_cost["seconds"], 1)}
+            "images": trials_cost["images"], "size_builds": trials_cost.get("size_builds", 0),
+            "seconds": round(trials_cost["seconds"], 1)}
+
+
+def markdown(results: dict) -> str:
+    """The tables for BENCHMARKS.md: sizes (kB of the real file) per target, then costs."""
+    kb = lambda r: f"{r['size'] / 1000:,.1f}" if r["size"] else "none"  # noqa: E731
+    lines = ["| target (val) | DC only | NS only | NS->DC grid | NS->DC margin | NS->DC bisect | DC->NS grid | "
+             "DC->NS margin | DC->NS bisect |", "|---" * 9 + "|"]
+    for name, t in results["targets"].items():
+        cells = [t[k] for k in ("dc grid", "ns grid", "ns-dc grid", "ns-dc margin", "ns-dc bisect", "dc-ns grid",
+                                "dc-ns margin", "dc-ns bisect")]
+        lines.append(f"| {name}: {t['target']:.2%} | " + " | ".join(kb(c) for c in cells) + " |")
+    lines += ["", "| target | pipeline | grid checks / images | margin checks / images | bisect checks / images "
+              "(+ size-only builds) | grid/margin | margin/bisect | grid/bisect (checks; images) |", "|---" * 7 + "|"]
+    for name, t in results["targets"].items():
+        for order in PIPELINES:
+            g, m, b = (t[f"{order} {s}"] for s in ("grid", "margin", "bisect"))
+            lines.append(f"| {name} | {order} | {g['checks']} / {g['images']:,} | {m['checks']} / {m['images']:,} | "
+                         f"{b['checks']} / {b['images']:,} (+{b['size_builds']}) | {g['checks'] / m['checks']:.1f}x | "
+                         f"{m['checks'] / b['checks']:.1f}x ({m['images'] / b['images']:.1f}x images) | "
+                         f"{g['checks'] / b['checks']:.0f}x; {g['images'] / b['images']:.0f}x |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -62,6 +84,8 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--drops", default="0.01,0.03,0.08")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fine-step", type=float, default=None, help="also run margin and bisect (not the grid) at "
+                    "this finer step, at the middle target: how their costs scale against the grid's n^2")
     ap.add_argument("--structured", default=None,
                     help="channel importance; default: slimming for the sparsity-trained VGG, l1 for ResNet-56 "
                          "(not sparsity-trained: |gamma| ranks its channels poorly, 55.6%% at ratio 0.2 vs 89.1%%)")
@@ -122,6 +146,20 @@ def main() -> None:
                                   f"{args.model}, {order}: margin sweep at target {target:.2%}")
         print(f"-{drop * 100:.0f} pt", json.dumps({k: v for k, v in res.items() if "sweep" not in k}), flush=True)
     results["margin_replay_check"] = checks
+    if args.fine_step:
+        fine = results["fine_step"] = {"step": args.fine_step, "target": baseline - middle}
+        for order in PIPELINES:
+            for strategy in ("margin", "bisect"):
+                cfg = SearchConfig(pipeline=Pipeline(order=order, structured=args.structured), strategy=strategy,
+                                   drop=middle, step=args.fine_step, margin=args.margin)
+                r = search(model, evaluator, meta, cfg, root / f"{order}-{strategy}-{middle}-fine{args.fine_step}")
+                fine[f"{order} {strategy}"] = row(r.best, r.cost)
+            m = len(cfg.grid)
+            fine[f"{order} grid (not run)"] = {"checks": m * m, "images": m * m * args.val_images,
+                                               "note": "the exhaustive grid's cost at this step: every point, "
+                                                       "evaluated in full"}
+        print("fine step", json.dumps(fine), flush=True)
+    print(markdown(results))
     save(f"search_{args.model}", {"args": vars(args), "results": results,
                                   "data": f"validation: {args.val_images} of the 5,000 held-out training images "
                                           "(seed 0)"})

@@ -104,6 +104,8 @@ def test_dynamic_pruning_shrinks_inner_widths_meets_the_target_and_resumes(digit
     assert tags == [] and again.macs == result.macs
     with pytest.raises(ConfigError, match="other settings"):
         dynamic_prune(model, val, finetune, DynamicPruning(drop=0.05), meta, tmp_path)
+    with pytest.raises(ConfigError, match="another model"):
+        dynamic_prune(result.model, val, finetune, config, meta, tmp_path)
     with pytest.raises(ConfigError, match="above the model's own"):
         dynamic_prune(model, val, finetune, DynamicPruning(target=1.0), meta, tmp_path / "x")
 
@@ -121,6 +123,9 @@ def test_distillation_loss_is_the_weighted_sum():
     assert torch.allclose(total, 0.3 * F.cross_entropy(logits, y) + 0.7 * kl, atol=1e-6)
     assert torch.allclose(distillation_loss(t, t, 4.0), torch.tensor(0.0), atol=1e-7)
     assert Distillation(teacher, alpha=0).loss(student, x, logits, y) is None
+    smooth = Distillation(teacher, temperature=4, alpha=0.7, label_smoothing=0.1)
+    total = F.cross_entropy(logits, y, label_smoothing=0.1) + smooth.loss(student, x, logits, y)
+    assert torch.allclose(total, 0.3 * F.cross_entropy(logits, y, label_smoothing=0.1) + 0.7 * kl, atol=1e-6)
     with pytest.raises(ConfigError):
         Distillation(teacher, temperature=0)
 
@@ -166,6 +171,13 @@ def test_material_and_carrier():
     model.layer1[0].conv1.out_channels = 2
     material, carrier = choose_blocks(residual_blocks(model, (3, 32, 32)))
     assert (material.name, carrier.name) == ("layer1.0", "layer1.1")
+    # --max-width limits the blocks to remove, not their carriers: a wide neighbour still carries.
+    model.layer1[0].conv1.out_channels = 16
+    model.layer2[2].conv1.out_channels = 32
+    model.layer1[2].conv1.out_channels = 4
+    material, carrier = choose_blocks(residual_blocks(model, (3, 32, 32)), max_width=4)
+    assert (material.name, carrier.name) == ("layer1.2", "layer1.1")
+    assert choose_blocks(residual_blocks(model, (3, 32, 32)), max_width=2) is None
 
 
 def test_fused_model_saves_and_reloads_in_a_fresh_process(tmp_path):

@@ -157,6 +157,26 @@ def test_real_search_meets_the_target_and_resumes(digits_model, tmp_path):
 
     with pytest.raises(ConfigError, match="other settings"):
         search(model, val, meta, SearchConfig(**{**cfg.__dict__, "step": 0.4}), tmp_path / "run")
+    other = create_model("small_cnn", num_classes=10, in_channels=1)  # same settings, another model
+    with pytest.raises(ConfigError, match="another model"):
+        search(other, val, meta, cfg, tmp_path / "run")
+
+
+def test_bisect_interrupted_anywhere_resumes_to_the_same_path(digits_model, tmp_path):
+    model, val, meta = digits_model
+    cfg = SearchConfig(pipeline=Pipeline(order="dc-ns", structured="l1", conv_bits=4, fc_bits=4), strategy="bisect",
+                       drop=0.03, step=0.1, max_ratio=0.9, margin=3)
+    whole = search(model, val, meta, cfg, tmp_path / "whole")
+    assert whole.cost["size_builds"] > 0  # the size bound was used
+    order = [json.loads(line)["index"] for line in (tmp_path / "whole" / "trials.jsonl").read_text().splitlines()
+             if "passed" in json.loads(line)]
+    for k in (2, len(order) // 2, len(order) - 1):
+        cut = search(model, val, meta, SearchConfig(**{**cfg.__dict__, "max_checks": k}), tmp_path / f"cut{k}")
+        assert not cut.complete
+        resumed = search(model, val, meta, cfg, tmp_path / f"cut{k}")
+        assert resumed.best.index == whole.best.index
+        assert {c: resumed.cost[c] for c in ("checks", "images", "size_builds")} == \
+            {c: whole.cost[c] for c in ("checks", "images", "size_builds")}
 
 
 def test_the_winner_is_fine_tuned_stage_by_stage_with_its_zeros_held(digits_model, tmp_path):

@@ -842,7 +842,10 @@ def _stage_trainer(args, batches, device, epochs: dict[str, int], on_start=None,
             return
         if on_start is not None:
             on_start(stage, model)
-        fp = _fingerprint(args, stage=stage, tag=tag, **fingerprint)
+        from .measure import run_digest
+
+        # The starting weights are part of the key: another model reaching this stage never resumes this one.
+        fp = _fingerprint(args, stage=stage, tag=tag, start=run_digest(model), **fingerprint)
         key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
         fit(model, batches, TrainConfig(epochs=n, lr=args.lr, seed=args.seed), hooks=hooks, device=device,
             checkpoint=args.out / f"{tag or stage}-{key}.pt", progress=not args.no_progress, fingerprint=fp,

@@ -33,6 +33,7 @@ __all__ = [
     "measure_latency",
     "required_correct",
     "time_calls",
+    "run_digest",
 ]
 
 
@@ -280,3 +281,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def run_digest(model: nn.Module, evaluator: Evaluator | None = None) -> str:
+    """A short hash of a model's weights (and of the evaluation split's images and labels): a resumed run checks
+    it, so that a run directory reused for another model or other data starts afresh instead of answering with
+    the old results."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    if evaluator is not None:
+        for x, y in evaluator.batches:
+            h.update(x.detach().cpu().float().contiguous().numpy().tobytes()[:4096])
+            h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

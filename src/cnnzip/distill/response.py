@@ -36,7 +36,8 @@ class Distillation(TrainHook):
     weighted sum. The teacher is copied, so the caller may go on changing the model it came from.
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9) -> None:
+    def __init__(self, teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9,
+                 label_smoothing: float = 0.0) -> None:
         if temperature <= 0:
             raise ConfigError(f"the distillation temperature must be > 0; got {temperature}")
         if not 0 <= alpha <= 1:
@@ -45,6 +46,7 @@ class Distillation(TrainHook):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
+        self.label_smoothing = label_smoothing  # must equal the TrainConfig's, whose cross-entropy this offsets
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
              targets: torch.Tensor) -> torch.Tensor | None:
@@ -54,4 +56,5 @@ class Distillation(TrainHook):
             self.teacher.to(inputs.device)
             teacher_logits = self.teacher(inputs)
         soft = distillation_loss(logits.float(), teacher_logits.float(), self.temperature)
-        return self.alpha * (soft - F.cross_entropy(logits.float(), targets))
+        hard = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        return self.alpha * (soft - hard)

@@ -3,7 +3,8 @@ set by a binary search on fine-tuned accuracy.
 
 A channel whose zero fraction (`channel_sparsity`) exceeds the threshold P is removed. A low P removes much and
 may not recover; a high P removes little. The search starts with P_l = 0.5, P_u = 1.0, P_c = 0.75. Each trial
-prunes the iteration's starting model at P_c, fine-tunes it and evaluates it on the validation split:
+prunes the iteration's starting model at P_c, fine-tunes it and evaluates it on the validation split (a short
+fine-tune can lower accuracy before it raises it; the better of the weights before and after it are kept):
   - meets the target: P_u = P_c, then P_c is lowered by a quarter of the interval [P_l, P_u];
   - misses it:        P_l = P_c, then P_c is raised by half of the interval.
 The loop ends when P_u - P_l < 0.03; the iteration's result is its passing trial with the fewest MACs. The
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..measure import Evaluator, count_macs
+from ..measure import Evaluator, count_macs, run_digest
 from ..modelfile import ModelMeta, load_model, save_model
 from ..train import atomic_write_bytes
 from .channel_sparsity import channel_sparsity
@@ -142,12 +143,13 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
     run.mkdir(parents=True, exist_ok=True)
     state_path = run / "state.json"
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    settings["subject"] = run_digest(model, evaluator)
     state: dict[str, Any] = {"config": settings, "trials": []}
     if state_path.exists():
         saved = json.loads(state_path.read_text())
         if saved.get("config") != settings:
-            raise ConfigError(f"{run} holds a dynamic pruning with other settings; use the same settings to "
-                              "resume it, or another directory")
+            raise ConfigError(f"{run} holds a dynamic pruning with other settings, another model or other "
+                              "validation data; use the same ones to resume it, or another directory")
         state = saved
     shape = tuple(meta.input_shape)
     example = torch.zeros(1, *shape)
@@ -179,13 +181,19 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
                            "accuracy": accuracy, "macs": count_macs(current, shape), "model": None}
                 else:
                     pruned = _apply(graph, plan).model
+                    unfinetuned = evaluator.evaluate(pruned).accuracy
+                    kept = copy.deepcopy(pruned.state_dict())
                     finetune(f"it{it}-p{threshold:.4f}", pruned)
                     pruned.cpu().eval()
                     acc = evaluator.evaluate(pruned).accuracy
+                    if unfinetuned > acc:  # a short fine-tune can hurt before it helps: keep the better weights
+                        pruned.load_state_dict(kept)
                     path = run / f"it{it}-p{threshold:.4f}.pt"
                     save_model(path, pruned, meta)
-                    rec = {"iteration": it, "threshold": threshold, "removed": removed, "passed": acc >= target,
-                           "accuracy": acc, "macs": count_macs(pruned, shape), "model": path.name}
+                    best_acc = max(acc, unfinetuned)
+                    rec = {"iteration": it, "threshold": threshold, "removed": removed, "passed": best_acc >= target,
+                           "accuracy": best_acc, "before_finetune": unfinetuned, "after_finetune": acc,
+                           "macs": count_macs(pruned, shape), "model": path.name}
                 state["trials"].append(rec)
                 atomic_write_bytes(state_path, json.dumps(state, indent=2).encode())
             if rec["passed"] and rec["removed"] and (best is None or rec["macs"] < best["macs"]):

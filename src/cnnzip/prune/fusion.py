@@ -10,7 +10,8 @@ After channel pruning many residual blocks keep only a few inner channels. Repea
   4. every `long_every` removals the whole network is fine-tuned ("long") and evaluated; if it is still within
      `max_drop` of the pruned model, it is kept as a snapshot; otherwise fusion stops at the last snapshot.
 Ablations: `loss="ce"` (no distillation), `short=False` (no short fine-tune); `fresh_copy` gives the fused
-architecture with new weights, to train from scratch.
+architecture with new weights, to train from scratch. During the short fine-tune only the carrier's weights
+change, but every BatchNorm's running statistics follow the training data, as in any training-mode pass.
 
 State is written after every step; a killed run resumes from its last completed step.
 """
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..distill import Distillation
 from ..errors import ConfigError
-from ..measure import Evaluator, count_macs
+from ..measure import Evaluator, count_macs, run_digest
 from ..modelfile import ModelMeta, load_model, save_model
 from ..models import RemovedBlock, remove_blocks
 from ..train import TrainHook, atomic_write_bytes
@@ -100,10 +101,10 @@ def depth(model: nn.Module) -> int:
                and ".shortcut" not in f".{n}" and ".downsample" not in f".{n}")
 
 
-def choose_blocks(blocks: Sequence[Block]) -> tuple[Block, Block | None] | None:
-    """(material, carrier): the thinnest removable block (the first of equals) and its neighbour of the same
-    output shape, the one before it if there is one. None when no block can be removed."""
-    removable = [b for b in blocks if b.removable]
+def choose_blocks(blocks: Sequence[Block], max_width: int | None = None) -> tuple[Block, Block | None] | None:
+    """(material, carrier): the thinnest removable block (the first of equals; at most `max_width` wide) and its
+    neighbour of the same output shape, the one before it if there is one. None when no block can be removed."""
+    removable = [b for b in blocks if b.removable and (max_width is None or b.width <= max_width)]
     if not removable:
         return None
     material = min(removable, key=lambda b: b.width)
@@ -158,7 +159,7 @@ def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFin
     run.mkdir(parents=True, exist_ok=True)
     shape = tuple(meta.input_shape)
     teacher = copy.deepcopy(model).cpu().eval()
-    settings = asdict(config)
+    settings = {**asdict(config), "subject": run_digest(model, evaluator)}
     state_path = run / "state.json"
     reference = evaluator.evaluate(teacher).accuracy
     floor = reference - config.max_drop
@@ -169,8 +170,8 @@ def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFin
     if state_path.exists():
         saved = json.loads(state_path.read_text())
         if saved.get("config") != settings:
-            raise ConfigError(f"{run} holds a layer fusion with other settings; use the same settings to resume "
-                              "it, or another directory")
+            raise ConfigError(f"{run} holds a layer fusion with other settings, another model or other validation "
+                              "data; use the same ones to resume it, or another directory")
         state = saved
         if state["removed"]:
             current, _ = load_model(run / "current.pt", model=copy.deepcopy(model))
@@ -184,8 +185,7 @@ def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFin
 
     while not state["stopped"]:
         k = len(state["removed"])
-        pick = choose_blocks([b for b in residual_blocks(current, shape)
-                              if config.max_width is None or b.width <= config.max_width])
+        pick = choose_blocks(residual_blocks(current, shape), config.max_width)
         done = pick is None or (config.max_removals is not None and k >= config.max_removals)
         if not done:
             material, carrier = pick

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..measure import Evaluator
+from ..measure import Evaluator, run_digest
 from ..modelfile import ModelMeta, load
 from .candidates import Compressor, Finetune, Pipeline
 from .plots import can_plot, plot_margin_sweep, plot_trajectory
@@ -117,13 +117,17 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.json"
     budgets = ("max_checks", "time_budget")  # a search stopped by a budget resumes with another one, or none
+    settings = {**config.as_dict(), "subject": run_digest(model, evaluator)}
+
+    saved = json.loads(config_path.read_text()) if config_path.exists() else None
+    ignored = budgets if saved is None or "subject" in saved else (*budgets, "subject")  # older run directories
 
     def same(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in budgets}
-    if config_path.exists() and same(json.loads(config_path.read_text())) != same(config.as_dict()):
-        raise ConfigError(f"{run} holds a search with other settings; use the same settings to resume it, or "
-                          "another run directory")
-    config_path.write_text(json.dumps(config.as_dict(), indent=2))
+        return {k: v for k, v in d.items() if k not in ignored}
+    if saved is not None and same(saved) != same(settings):
+        raise ConfigError(f"{run} holds a search with other settings, another model or other validation data; "
+                          "use the same ones to resume it, or another run directory")
+    config_path.write_text(json.dumps(settings, indent=2))
     baseline = evaluator.evaluate(model).accuracy
     target = resolve_target(config, baseline)
     compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp")

@@ -48,7 +48,8 @@ class Trials:
         self.log = Path(log)
         self._key = {"strategy": strategy, "order": compressor.pipeline.order, "target": target,
                      "early_exit": early_exit}
-        self.done: dict[tuple[int, ...], Trial] = {}
+        self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
+        self.asked: dict[tuple[int, ...], Trial] = {}  # asked for by this run's strategy, replayed or computed
         self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
         self._built = None  # the last candidate built for its size, reused (its build time counted there)
         self.new_checks = 0
@@ -79,19 +80,23 @@ class Trials:
 
     def size_at(self, index: tuple[int, ...]) -> int:
         """Bytes of the candidate at `index`, built but not evaluated: a size bound costs a build, not a check."""
-        if index in self.done:
-            return self.done[index].size
+        if index in self.asked:
+            return self.asked[index].size
         if index not in self.sizes:
-            started = time.perf_counter()
-            candidate = self.compressor.build(self.ratios(index))
-            self._built = (index, candidate)
-            self.sizes[index] = (candidate.size, time.perf_counter() - started)
-            self._write({**self._key, "kind": "size", "index": list(index), "size": candidate.size,
+            if index in self.done:  # recorded by the run this one resumes: count it as the build it would be
+                self.sizes[index] = (self.done[index].size, 0.0)
+            else:
+                started = time.perf_counter()
+                candidate = self.compressor.build(self.ratios(index))
+                self._built = (index, candidate)
+                self.sizes[index] = (candidate.size, time.perf_counter() - started)
+            self._write({**self._key, "kind": "size", "index": list(index), "size": self.sizes[index][0],
                          "seconds": self.sizes[index][1]})
         return self.sizes[index][0]
 
     def check(self, index: tuple[int, ...]) -> Trial:
         if index in self.done:
+            self.asked[index] = self.done[index]
             return self.done[index]
         if self.max_checks is not None and len(self.done) >= self.max_checks:
             self.exhausted = True
@@ -112,7 +117,7 @@ class Trials:
         trial = Trial(index=index, ratios=self.ratios(index), passed=r.accuracy >= self.target if r.complete
                       else bool(r.passed), accuracy=r.accuracy, complete=r.complete, images=r.evaluated,
                       size=candidate.size, seconds=time.perf_counter() - started)
-        self.done[index] = trial
+        self.done[index] = self.asked[index] = trial
         self.new_checks += 1
         self._append(trial)
         return trial
@@ -134,5 +139,7 @@ class Trials:
                 "seconds": sum(t.seconds for t in self.done.values()) + sum(sec for _, sec in self.sizes.values())}
 
     def best(self) -> Trial | None:
-        passing = [t for t in self.done.values() if t.passed]
+        """The smallest passing trial the strategy has asked for so far. Only those: a resumed run's records may
+        hold trials this point of the strategy has not reached, and bounds taken from them would change its path."""
+        passing = [t for t in self.asked.values() if t.passed]
         return min(passing, key=lambda t: (t.size, t.index)) if passing else None

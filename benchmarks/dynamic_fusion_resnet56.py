@@ -1,0 +1,114 @@
+"""Dynamic pruning, then layer fusion, on the JPEG-fine-tuned ResNet-56 (issue 6), with the KD/CE ablation.
+
+    python benchmarks/dynamic_fusion_resnet56.py --stage dynamic          # the threshold search, 3 iterations
+    python benchmarks/dynamic_fusion_resnet56.py --stage fusion --loss kd # then fusion, with distillation
+    python benchmarks/dynamic_fusion_resnet56.py --stage fusion --loss ce # the ablation
+    python benchmarks/dynamic_fusion_resnet56.py --stage report           # the table, from the runs
+
+Splits: the trials are judged, and channel sparsity measured, on the first 5,000 CIFAR-10 *test* images; the
+other 5,000 are the test set reported. (The 5,000 held-out training images are no use for feedback here: the
+../shared weights were trained on them, and fine-tuning on the other 45,000 makes the model forget them, which
+would read as pruning damage.) CPU budget: every fine-tune sees --trial-images / --short-images / --long-images
+training images per epoch (a fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs).
+Every stage resumes after a kill. Writes results/dynamic_fusion_resnet56.json.
+"""
+
+import argparse
+import json
+
+import torch
+
+from _common import CIFAR_JPEG, RUNS, save
+from baseline_resnet56 import MODEL, ensure
+from cnnzip.data import Loader, load_image_folder
+from cnnzip.measure import Evaluator, count_macs, count_parameters
+from cnnzip.modelfile import load_model
+from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
+from cnnzip.prune.fusion import LayerFusion, fuse_layers
+from cnnzip.train import TrainConfig, fit
+
+ROOT = RUNS / "bench-dynamic-resnet56"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", choices=["dynamic", "fusion", "report"], required=True)
+    ap.add_argument("--loss", choices=["kd", "ce"], default="kd")
+    ap.add_argument("--drop", type=float, default=0.005, help="dynamic pruning target: below the baseline")
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of every dynamic-pruning trial")
+    ap.add_argument("--trial-images", type=int, default=15000)
+    ap.add_argument("--short-epochs", type=int, default=1)
+    ap.add_argument("--short-images", type=int, default=5000)
+    ap.add_argument("--long-epochs", type=int, default=1)
+    ap.add_argument("--long-images", type=int, default=20000)
+    ap.add_argument("--every", type=int, default=4)
+    ap.add_argument("--max-drop", type=float, default=0.03)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ensure()
+    model, meta = load_model(MODEL)
+    ds = load_image_folder(CIFAR_JPEG)
+    val = ds.test.subset(range(5000))
+    test = ds.test.subset(range(5000, 10000))
+    validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
+    tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
+    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
+
+    def trainer(images: int, epochs: int, folder, params_of=None):
+        batches = Loader(ds.train.subset(order[:images]), 128, shuffle=True, augment=True, mean=meta.mean,
+                         std=meta.std, seed=0)
+
+        def run(tag, m, *rest):
+            params = list(rest[0]) if params_of and rest else None
+            hooks = rest[-1] if rest and isinstance(rest[-1], list) else []
+            fit(m, batches, TrainConfig(epochs=epochs, lr=args.lr, seed=0), hooks=hooks, parameters=params,
+                checkpoint=folder / f"ft-{tag}.pt", progress=False,
+                fingerprint={"images": images, "tag": tag})
+            m.cpu().eval()
+            print(f"  fine-tuned {tag}: {validator.evaluate(m).accuracy:.2%} val", flush=True)
+        return run
+
+    dyn_dir = ROOT / f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}"
+    config = DynamicPruning(drop=args.drop, iterations=args.iterations)
+    if args.stage in ("dynamic", "fusion"):
+        dyn = dynamic_prune(model, validator, trainer(args.trial_images, args.epochs, dyn_dir), config, meta, dyn_dir)
+        print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
+              f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
+    if args.stage == "fusion":
+        fuse_dir = dyn_dir / f"fusion-{args.loss}-s{args.short_images}-l{args.long_images}-every{args.every}"
+        fusion = LayerFusion(loss=args.loss, long_every=args.every, max_drop=args.max_drop)
+        result = fuse_layers(dyn.model, validator, trainer(args.short_images, args.short_epochs, fuse_dir, True),
+                             trainer(args.long_images, args.long_epochs, fuse_dir), fusion, meta, fuse_dir)
+        for r in result.rows:
+            print(r, flush=True)
+
+    # The report: everything measured so far, test accuracies computed once per model file.
+    report: dict = {"args": vars(args), "baseline": {"macs": count_macs(model, (3, 32, 32)),
+                                                    "params": count_parameters(model),
+                                                    "val": validator.evaluate(model).accuracy,
+                                                    "test": tester.evaluate(model).accuracy}}
+    if (dyn_dir / "state.json").exists() and (dyn_dir / "pruned.pt").exists():
+        pruned, _ = load_model(dyn_dir / "pruned.pt")
+        report["dynamic"] = {"macs": count_macs(pruned, (3, 32, 32)), "params": count_parameters(pruned),
+                             "val": validator.evaluate(pruned).accuracy, "test": tester.evaluate(pruned).accuracy,
+                             "trials": json.loads((dyn_dir / "state.json").read_text())["trials"]}
+        for loss in ("kd", "ce"):
+            for state_path in sorted(dyn_dir.glob(f"fusion-{loss}-*/state.json")):
+                state = json.loads(state_path.read_text())
+                rows = []
+                for r in state["rows"]:
+                    row = dict(r)
+                    if r["file"]:
+                        row["test"] = tester.evaluate(load_model(state_path.parent / r["file"])[0]).accuracy
+                    rows.append(row)
+                report[f"fusion {loss} ({state_path.parent.name})"] = {"rows": rows, "stopped": state["stopped"]}
+    print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=1)[:3000])
+    save("dynamic_fusion_resnet56", report)
+
+
+
+if __name__ == "__main__":
+    main()
