@@ -64,7 +64,7 @@ def markdown(results: dict) -> str:
                                 "dc-ns margin", "dc-ns bisect")]
         lines.append(f"| {name}: {t['target']:.2%} | " + " | ".join(kb(c) for c in cells) + " |")
     lines += ["", "| target | pipeline | grid checks / images | margin checks / images | bisect checks / images "
-              "(+ size-only builds) | grid/margin | margin/bisect | grid/bisect (checks; images) |", "|---" * 7 + "|"]
+              "(+ size-only builds) | grid/margin | margin/bisect | grid/bisect (checks; images) |", "|---" * 8 + "|"]
     for name, t in results["targets"].items():
         for order in PIPELINES:
             g, m, b = (t[f"{order} {s}"] for s in ("grid", "margin", "bisect"))

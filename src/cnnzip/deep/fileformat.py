@@ -200,9 +200,10 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
     spec = getattr(model, "cnnzip_spec", None)
     probe = _probe_output(model, tuple(meta.input_shape))
     header = {"format": "cnnzip.deep", "version": VERSION, "spec": dict(spec) if spec else None,
-              "widths": layer_widths(model), "removed": removed_blocks(model), "meta": meta.as_dict(),
-              "layers": layers, "raw": raw,
+              "widths": layer_widths(model), "meta": meta.as_dict(), "layers": layers, "raw": raw,
               "probe": {"shape": list(probe.shape), "values": probe.flatten().tolist()}}
+    if removed_blocks(model):  # only fused models carry the key: other files keep their exact size
+        header["removed"] = removed_blocks(model)
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + payload.getvalue()
     blob += hashlib.sha256(blob).digest()
