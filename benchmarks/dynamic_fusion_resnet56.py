@@ -71,14 +71,15 @@ def main() -> None:
             print(f"  fine-tuned {tag}: {validator.evaluate(m).accuracy:.2%} val", flush=True)
         return run
 
-    dyn_dir = ROOT / f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}"
+    dyn_dir = ROOT / f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}"
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     if args.stage in ("dynamic", "fusion"):
         dyn = dynamic_prune(model, validator, trainer(args.trial_images, args.epochs, dyn_dir), config, meta, dyn_dir)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
     if args.stage == "fusion":
-        fuse_dir = dyn_dir / f"fusion-{args.loss}-s{args.short_images}-l{args.long_images}-every{args.every}"
+        fuse_dir = dyn_dir / (f"fusion-{args.loss}-s{args.short_images}x{args.short_epochs}-l{args.long_images}x"
+                              f"{args.long_epochs}-every{args.every}-drop{args.max_drop}")
         fusion = LayerFusion(loss=args.loss, long_every=args.every, max_drop=args.max_drop)
         result = fuse_layers(dyn.model, validator, trainer(args.short_images, args.short_epochs, fuse_dir, True),
                              trainer(args.long_images, args.long_epochs, fuse_dir), fusion, meta, fuse_dir)
