@@ -238,3 +238,51 @@ def test_layer_fusion_end_to_end_with_snapshots_ablations_and_resume(digits, tmp
     assert layer_widths(fresh) == layer_widths(result.model)
     assert not torch.equal(fresh.linear.weight, result.model.linear.weight)
     assert json.loads((tmp_path / "kd" / "state.json").read_text())["stopped"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_runs_resume_to_the_same_result(digits, tmp_path):
+    """A kill in the middle (here: an exception inside the n-th fine-tune) loses only that step."""
+    model, batches, val, meta = digits
+
+    def tune(m, params=None, hooks=()):
+        fit(m, batches, TrainConfig(epochs=1, lr=0.01), parameters=params, hooks=hooks, progress=False)
+
+    def dying(after):
+        calls = []
+
+        def hook(*args):
+            calls.append(args[0])
+            if len(calls) == after:
+                raise Killed
+        return hook
+
+    config = DynamicPruning(drop=0.02, iterations=1, tolerance=0.1)
+    whole = dynamic_prune(model, val, lambda tag, m: tune(m), config, meta, tmp_path / "d1")
+    die = dying(2)
+    with pytest.raises(Killed):
+        dynamic_prune(model, val, lambda tag, m: (die(tag), tune(m)), config, meta, tmp_path / "d2")
+    resumed = dynamic_prune(model, val, lambda tag, m: tune(m), config, meta, tmp_path / "d2")
+    assert resumed.trials == whole.trials and resumed.macs == whole.macs
+
+    fusion = LayerFusion(long_every=2, max_drop=0.5, max_removals=2)
+
+    def short(tag, m, params, hooks):
+        tune(m, list(params), hooks)
+
+    def long(tag, m, hooks):
+        tune(m, None, hooks)
+
+    pruned = whole.model
+    full = fuse_layers(pruned, val, short, long, fusion, meta, tmp_path / "f1")
+    die = dying(3)  # the long fine-tune after two removals
+    with pytest.raises(Killed):
+        fuse_layers(pruned, val, lambda *a: (die(a[0]), short(*a)), lambda *a: (die(a[0]), long(*a)), fusion, meta,
+                    tmp_path / "f2")
+    again = fuse_layers(pruned, val, short, long, fusion, meta, tmp_path / "f2")
+    assert [(r["removed"], r["depth"], r["macs"]) for r in again.rows] == \
+        [(r["removed"], r["depth"], r["macs"]) for r in full.rows]
+    assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in full.rows]
