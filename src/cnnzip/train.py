@@ -8,6 +8,7 @@ killed at any moment resumes from its last finished epoch and ends with the same
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -143,6 +144,19 @@ def cosine_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: a kill never leaves a half-written file."""
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def resume_state(path: str | Path, fresh: dict[str, Any], what: str) -> dict[str, Any]:
+    """The saved run state at `path` if there is one, else `fresh`. A saved state whose "config" differs from
+    fresh["config"] (settings, and the digest of model and data) is refused rather than resumed."""
+    path = Path(path)
+    if not path.exists():
+        return fresh
+    saved = json.loads(path.read_text())
+    if saved.get("config") != fresh["config"]:
+        raise ConfigError(f"{path.parent} holds a {what} with other settings, another model or other validation "
+                          "data; use the same ones to resume it, or another directory")
+    return saved
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..measure import Evaluator, count_macs, run_digest
 from ..modelfile import ModelMeta, load_model, save_model
-from ..train import atomic_write_bytes
+from ..train import atomic_write_bytes, resume_state
 from .channel_sparsity import channel_sparsity
 from .channels import _apply
 from .graph import ChannelGraph, analyze
@@ -144,13 +144,7 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
     state_path = run / "state.json"
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     settings["subject"] = run_digest(model, evaluator)
-    state: dict[str, Any] = {"config": settings, "trials": []}
-    if state_path.exists():
-        saved = json.loads(state_path.read_text())
-        if saved.get("config") != settings:
-            raise ConfigError(f"{run} holds a dynamic pruning with other settings, another model or other "
-                              "validation data; use the same ones to resume it, or another directory")
-        state = saved
+    state: dict[str, Any] = resume_state(state_path, {"config": settings, "trials": []}, "dynamic pruning")
     shape = tuple(meta.input_shape)
     example = torch.zeros(1, *shape)
     current = model.cpu().eval()

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..measure import Evaluator, count_macs, run_digest
 from ..modelfile import ModelMeta, load_model, save_model
 from ..models import RemovedBlock, remove_blocks
-from ..train import TrainHook, atomic_write_bytes
+from ..train import TrainHook, atomic_write_bytes, resume_state
 
 __all__ = ["Block", "LayerFusion", "FusionResult", "residual_blocks", "choose_blocks", "fuse_layers",
            "fresh_copy", "depth"]
@@ -163,18 +163,12 @@ def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFin
     state_path = run / "state.json"
     reference = evaluator.evaluate(teacher).accuracy
     floor = reference - config.max_drop
-    state = {"config": settings, "removed": [], "steps": [], "rows": [
+    state = resume_state(state_path, {"config": settings, "removed": [], "steps": [], "rows": [
         {"removed": 0, "depth": depth(teacher), "fused_layers": 0, "macs": count_macs(teacher, shape),
-         "accuracy": reference, "file": None}], "stopped": False}
+         "accuracy": reference, "file": None}], "stopped": False}, "layer fusion")
     current = copy.deepcopy(teacher)
-    if state_path.exists():
-        saved = json.loads(state_path.read_text())
-        if saved.get("config") != settings:
-            raise ConfigError(f"{run} holds a layer fusion with other settings, another model or other validation "
-                              "data; use the same ones to resume it, or another directory")
-        state = saved
-        if state["removed"]:
-            current, _ = load_model(run / "current.pt", model=copy.deepcopy(model))
+    if state["removed"]:
+        current, _ = load_model(run / "current.pt", model=copy.deepcopy(model))
 
     def hooks() -> list[TrainHook]:
         return [Distillation(teacher, config.temperature, config.alpha)] if config.loss == "kd" else []
