@@ -5,11 +5,12 @@
     python benchmarks/dynamic_fusion_resnet56.py --stage fusion --loss ce # the ablation
     python benchmarks/dynamic_fusion_resnet56.py --stage report           # the table, from the runs
 
-Splits: the trials are judged, and channel sparsity measured, on the first 5,000 CIFAR-10 *test* images; the
-other 5,000 are the test set reported. (The 5,000 held-out training images are no use for feedback here: the
+Splits: the trials are judged, and channel sparsity measured, on 5,000 CIFAR-10 *test* images (500 per class,
+seed 0); the other 5,000 are the test set reported. (The 5,000 held-out training images are no use for feedback here: the
 ../shared weights were trained on them, and fine-tuning on the other 45,000 makes the model forget them, which
 would read as pruning damage.) CPU budget: every fine-tune sees --trial-images / --short-images / --long-images
-training images per epoch (a fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs).
+training images per epoch (a fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs);
+each iteration's winner is then fine-tuned --recover-epochs on --recover-images before the next iteration.
 Every stage resumes after a kill. Writes results/dynamic_fusion_resnet56.json.
 """
 
@@ -20,7 +21,7 @@ import torch
 
 from _common import CIFAR_JPEG, RUNS, save
 from baseline_resnet56 import MODEL, ensure
-from cnnzip.data import Loader, load_image_folder
+from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.measure import Evaluator, count_macs, count_parameters
 from cnnzip.modelfile import load_model
 from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
@@ -34,16 +35,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["dynamic", "fusion", "report"], required=True)
     ap.add_argument("--loss", choices=["kd", "ce"], default="kd")
-    ap.add_argument("--drop", type=float, default=0.005, help="dynamic pruning target: below the baseline")
+    ap.add_argument("--drop", type=float, default=0.02, help="dynamic pruning target: below the baseline")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1, help="epochs of every dynamic-pruning trial")
-    ap.add_argument("--trial-images", type=int, default=15000)
+    ap.add_argument("--trial-images", type=int, default=10000)
+    ap.add_argument("--recover-epochs", type=int, default=1, help="0: no recovery fine-tune of the winners")
+    ap.add_argument("--recover-images", type=int, default=50000)
     ap.add_argument("--short-epochs", type=int, default=1)
     ap.add_argument("--short-images", type=int, default=5000)
     ap.add_argument("--long-epochs", type=int, default=1)
-    ap.add_argument("--long-images", type=int, default=20000)
+    ap.add_argument("--long-images", type=int, default=50000)
     ap.add_argument("--every", type=int, default=4)
     ap.add_argument("--max-drop", type=float, default=0.03)
+    ap.add_argument("--max-removals", type=int, default=12, help="CPU budget: blocks removed at most")
+    ap.add_argument("--no-short", action="store_true", help="ablation: no short fine-tune of the carrier")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -51,8 +56,7 @@ def main() -> None:
     ensure()
     model, meta = load_model(MODEL)
     ds = load_image_folder(CIFAR_JPEG)
-    val = ds.test.subset(range(5000))
-    test = ds.test.subset(range(5000, 10000))
+    test, val = train_val_split(ds.test, 5000, seed=0)  # stratified halves (the folder is sorted by class)
     validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
     tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
     order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
@@ -71,16 +75,21 @@ def main() -> None:
             print(f"  fine-tuned {tag}: {validator.evaluate(m).accuracy:.2%} val", flush=True)
         return run
 
-    dyn_dir = ROOT / f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}"
+    dyn_dir = ROOT / (f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}"
+                      f"-r{args.recover_epochs}x{args.recover_images}")
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     if args.stage in ("dynamic", "fusion"):
-        dyn = dynamic_prune(model, validator, trainer(args.trial_images, args.epochs, dyn_dir), config, meta, dyn_dir)
+        recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
+        dyn = dynamic_prune(model, validator, trainer(args.trial_images, args.epochs, dyn_dir), config, meta, dyn_dir,
+                            recover=recover)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
     if args.stage == "fusion":
-        fuse_dir = dyn_dir / (f"fusion-{args.loss}-s{args.short_images}x{args.short_epochs}-l{args.long_images}x"
-                              f"{args.long_epochs}-every{args.every}-drop{args.max_drop}")
-        fusion = LayerFusion(loss=args.loss, long_every=args.every, max_drop=args.max_drop)
+        short = "noshort" if args.no_short else f"s{args.short_images}x{args.short_epochs}"
+        fuse_dir = dyn_dir / (f"fusion-{args.loss}-{short}-l{args.long_images}x{args.long_epochs}-every{args.every}"
+                              f"-drop{args.max_drop}-max{args.max_removals}")
+        fusion = LayerFusion(loss=args.loss, long_every=args.every, max_drop=args.max_drop,
+                             short=not args.no_short, max_removals=args.max_removals)
         result = fuse_layers(dyn.model, validator, trainer(args.short_images, args.short_epochs, fuse_dir, True),
                              trainer(args.long_images, args.long_epochs, fuse_dir), fusion, meta, fuse_dir)
         for r in result.rows:

@@ -203,3 +203,13 @@ def test_dynamic_prune_and_fuse_commands(tmp_path, capsys):
     assert main(["fuse", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]) == 2
     assert main(["dynamic-prune", str(model), "--target-acc", "1.0", "--out", str(tmp_path / "y")]) == 2
     assert "above the model's own" in capsys.readouterr().err
+    # CPU-sized feedback: trials on a subset, each iteration's winner recovered on everything.
+    assert main(["dynamic-prune", str(model), "--drop", "0.05", "--iterations", "1", "--tolerance", "0.1",
+                 "--trial-images", "300", "--recover-epochs", "1", "--out", str(tmp_path / "rec"),
+                 "--no-progress"]) == 0
+    assert "recovered" in capsys.readouterr().out
+    report = json.loads((tmp_path / "rec" / "report.json").read_text())
+    assert report["trial_images"] == 300 and set(report["recovered"]) == {"0"}
+    assert report["validation"]["after"] == report["recovered"]["0"]["accuracy"]
+    assert main(["dynamic-prune", str(model), "--trial-images", "0", "--out", str(tmp_path / "z")]) == 2
+    assert "--trial-images" in capsys.readouterr().err

@@ -286,3 +286,30 @@ def test_killed_runs_resume_to_the_same_result(digits, tmp_path):
     assert [(r["removed"], r["depth"], r["macs"]) for r in again.rows] == \
         [(r["removed"], r["depth"], r["macs"]) for r in full.rows]
     assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in full.rows]
+
+
+def test_recover_trains_each_winner_before_the_next_iteration_and_resumes(digits, tmp_path):
+    model, batches, val, meta = digits
+    tags = []
+
+    def finetune(tag, m):
+        tags.append(tag)
+        fit(m, batches, TrainConfig(epochs=1, lr=0.01), progress=False)
+
+    config = DynamicPruning(drop=0.02, iterations=2)
+    result = dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune)
+    recovered = [t for t in tags if t.endswith("-recover")]
+    assert recovered and recovered == [f"it{it}-recover" for it in sorted(map(int, result.recovered))]
+    # Each recovery comes right after its iteration's trials, before the next iteration's first trial.
+    assert all(tags.index(f"it{it}-recover") < min((i for i, t in enumerate(tags) if t.startswith(f"it{it + 1}-")),
+                                                    default=len(tags)) for it in map(int, result.recovered))
+    last = result.recovered[max(result.recovered, key=int)]
+    assert last["accuracy"] == max(last["before"], last["after"]) == result.accuracy
+    assert val.evaluate(load_model(result.path)[0]).accuracy == result.accuracy
+    # The winner's file is the un-recovered trial; the next iteration starts from the recovered one.
+    assert load_model(tmp_path / last["model"])[0].state_dict().keys() == result.model.state_dict().keys()
+    tags.clear()
+    assert dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune).accuracy == result.accuracy
+    assert tags == []
+    with pytest.raises(ConfigError, match="other settings"):  # a run without recovery is another run
+        dynamic_prune(model, val, finetune, config, meta, tmp_path)

@@ -219,6 +219,10 @@ def _parser() -> argparse.ArgumentParser:
                       "(default 0.005: slightly below the baseline, as the paper)")
     s.add_argument("--iterations", type=int, default=3)
     s.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs of every trial (the feedback)")
+    s.add_argument("--trial-images", type=int, default=None, help="training images each trial's epoch sees (a "
+                   "fixed random subset; default: all): cheaper feedback, for a CPU")
+    s.add_argument("--recover-epochs", type=int, default=0, help="fine-tune each iteration's winner this many "
+                   "epochs on all training images before the next iteration (pairs with short trials)")
     s.add_argument("--lower", type=float, default=0.5, help="initial lower end of the threshold interval")
     s.add_argument("--upper", type=float, default=1.0)
     s.add_argument("--tolerance", type=float, default=0.03, help="stop when the interval is narrower")
@@ -303,6 +307,9 @@ EPILOG_DEEP = """examples:
 EPILOG_DYNAMIC = """examples:
   cnnzip dynamic-prune runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
       --drop 0.005 --epochs 1 --iterations 3 --out runs/r56-dynamic
+  # on a CPU: each trial's feedback from 10,000 images, each iteration's winner then trained a full epoch
+  cnnzip dynamic-prune runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \
+      --drop 0.02 --trial-images 10000 --recover-epochs 1 --out runs/r56-dynamic-cpu
 """
 
 EPILOG_FUSE = """examples:
@@ -633,6 +640,8 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_dynamic(args) -> int:
+    import torch
+
     from .data import Loader
     from .measure import Evaluator, count_macs, count_parameters
     from .modelfile import ModelMeta
@@ -648,12 +657,26 @@ def _cmd_dynamic(args) -> int:
                             tolerance=args.tolerance, iterations=args.iterations, min_channels=args.min_channels,
                             residual_stream=args.residual_stream, max_images=args.sparsity_images)
     out_meta = ModelMeta(mean, std, shape, ds.classes, notes={"from": str(args.model_path), "dynamic": True})
-    batches = Loader(train, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
-                     seed=args.seed, device=device)
-    run = _stage_trainer(args, batches, device, {"trial": args.epochs}, config=str(config))
+    def batches(split):
+        return Loader(split, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
+                      seed=args.seed, device=device)
+
+    trial_split = train
+    if args.trial_images is not None:
+        if not 1 <= args.trial_images <= len(train):
+            raise ConfigError(f"--trial-images must be between 1 and the {len(train):,} training images")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
+        trial_split = train.subset(order[:args.trial_images])
+    run = _stage_trainer(args, batches(trial_split), device, {"trial": args.epochs}, config=str(config),
+                         trial_images=args.trial_images)
+    recover = None
+    if args.recover_epochs > 0:
+        run_recover = _stage_trainer(args, batches(train), device, {"recover": args.recover_epochs},
+                                     config=str(config))
+        recover = lambda tag, m: run_recover("recover", m, [], tag=tag)  # noqa: E731
     evaluator = Evaluator(Loader(val, 500, mean=mean, std=std))
     result = dynamic_prune(model.cpu().eval(), evaluator, lambda tag, m: run("trial", m, [], tag=tag), config,
-                           out_meta, args.out, device=device)
+                           out_meta, args.out, recover=recover, device=device)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std))
     accuracy = {"original": test.evaluate(model.cpu()).accuracy, "pruned": test.evaluate(result.model).accuracy}
     print(f"{'iter':>4} {'threshold':>9} {'removed':>8} {'MACs':>13} {'val acc':>8}  verdict")
@@ -665,7 +688,11 @@ def _cmd_dynamic(args) -> int:
           f"{count_parameters(result.model):,}")
     print(f"validation accuracy {result.baseline_accuracy:.2%} -> {result.accuracy:.2%}; test accuracy (once) "
           f"{accuracy['original']:.2%} -> {accuracy['pruned']:.2%}")
+    for it, r in sorted(result.recovered.items(), key=lambda kv: int(kv[0])):
+        print(f"iteration {it}: the winner {r['from']} recovered {r['before']:.2%} -> {r['after']:.2%}")
     report = {"config": config.__dict__ | {"skip": list(config.skip)}, "epochs": args.epochs,
+              "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
+              "recovered": result.recovered,
               "macs": {"before": before, "after": after, "reduction": 1 - after / before},
               "params": {"before": count_parameters(model), "after": count_parameters(result.model)},
               "validation": {"before": result.baseline_accuracy, "after": result.accuracy, "target": result.target},

@@ -10,6 +10,9 @@ fine-tune can lower accuracy before it raises it; the better of the weights befo
 The loop ends when P_u - P_l < 0.03; the iteration's result is its passing trial with the fewest MACs. The
 whole procedure is repeated (3 times in the paper), each iteration starting from the previous result.
 
+The paper fine-tunes every trial for tens of epochs. Where that is too dear (a CPU), give the trials a short
+fine-tune and `recover`: a longer fine-tune of each iteration's winner only, before the next iteration starts.
+
 Only groups read through a plain channel path are pruned; with `residual_stream=False` (the paper's choice for
 ResNets) a group tied to a residual addition is left alone, so only the blocks' inner widths shrink. Every
 trial and its model are written to the run directory before the next starts: a killed run resumes.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,25 +129,32 @@ class DynamicResult:
     macs: tuple[int, int]  # before, after
     trials: list[dict]
     path: Path
+    recovered: dict[str, dict] = field(default_factory=dict)  # iteration -> the winner's longer fine-tune
 
 
 Finetune = Callable[[str, nn.Module], None]
 
 
 def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: DynamicPruning,
-                  meta: ModelMeta, run_dir: str | Path, *, device: torch.device | str = "cpu") -> DynamicResult:
+                  meta: ModelMeta, run_dir: str | Path, *, recover: Finetune | None = None,
+                  device: torch.device | str = "cpu") -> DynamicResult:
     """Run the dynamic pruning; the caller's model is not changed.
 
     `evaluator` holds the validation split: it measures channel sparsity and judges every trial. `finetune(tag,
-    model)` trains a pruned model in place (tag names the trial, for its checkpoint). Writes
-    `run_dir/state.json`, one model file per trial, and `run_dir/pruned.pt` (the final model).
+    model)` trains a pruned model in place (tag names the trial, for its checkpoint); `recover(tag, model)`, if
+    given, trains each iteration's winner further (the better of its weights before and after are kept). Writes
+    `run_dir/state.json`, one model file per trial (and per recovered winner), and `run_dir/pruned.pt`.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     state_path = run / "state.json"
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     settings["subject"] = run_digest(model, evaluator)
-    state: dict[str, Any] = resume_state(state_path, {"config": settings, "trials": []}, "dynamic pruning")
+    if recover is not None:
+        settings["recover"] = True  # (absent otherwise: runs from before this option still resume)
+    state: dict[str, Any] = resume_state(state_path, {"config": settings, "trials": [], "recovered": {}},
+                                         "dynamic pruning")
+    state.setdefault("recovered", {})
     shape = tuple(meta.input_shape)
     example = torch.zeros(1, *shape)
     current = model.cpu().eval()
@@ -197,7 +207,24 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
             break  # nothing more could be removed at the target: later iterations would start from the same model
         current, _ = load_model(run / best["model"], model=copy.deepcopy(model))  # the caller's class, any model
         accuracy = best["accuracy"]
+        if recover is not None:
+            rec = state["recovered"].get(str(it))
+            if rec is None:
+                kept = copy.deepcopy(current.state_dict())
+                recover(f"it{it}-recover", current)
+                current.cpu().eval()
+                after = evaluator.evaluate(current).accuracy
+                if after < accuracy:
+                    current.load_state_dict(kept)
+                rec = {"from": best["model"], "before": accuracy, "after": after, "accuracy": max(after, accuracy),
+                       "model": f"it{it}-recovered.pt"}
+                save_model(run / rec["model"], current, meta)
+                state["recovered"][str(it)] = rec
+                atomic_write_bytes(state_path, json.dumps(state, indent=2).encode())
+            current, _ = load_model(run / rec["model"], model=copy.deepcopy(model))
+            accuracy = rec["accuracy"]
     path = run / "pruned.pt"
     save_model(path, current, meta)
     return DynamicResult(model=current, baseline_accuracy=baseline, target=target, accuracy=accuracy,
-                         macs=(macs0, count_macs(current, shape)), trials=state["trials"], path=path)
+                         macs=(macs0, count_macs(current, shape)), trials=state["trials"], path=path,
+                         recovered=state["recovered"])
