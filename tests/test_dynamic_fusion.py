@@ -313,3 +313,32 @@ def test_recover_trains_each_winner_before_the_next_iteration_and_resumes(digits
     assert tags == []
     with pytest.raises(ConfigError, match="other settings"):  # a run without recovery is another run
         dynamic_prune(model, val, finetune, config, meta, tmp_path)
+
+
+def test_dynamic_pruning_on_densenet_prunes_output_channels_and_every_reader(tmp_path):
+    ds = load_digits()
+    train, val = train_val_split(ds.train, val_size=0.2, seed=0)
+    torch.manual_seed(0)
+    model = create_model("densenet40", num_classes=10, in_channels=1, width=0.5)
+    batches = Loader(train, 64, shuffle=True, mean=ds.mean, std=ds.std)
+    fit(model, batches, TrainConfig(epochs=2, lr=0.05), progress=False)
+    model.eval()
+    evaluator = Evaluator(Loader(val, 500, mean=ds.mean, std=ds.std))
+    meta = ModelMeta(ds.mean, ds.std, SHAPE, ds.classes)
+    config = DynamicPruning(drop=0.5, iterations=1, lower=0.2, tolerance=0.1)
+    result = dynamic_prune(model, evaluator, lambda tag, m: None, config, meta, tmp_path)
+    before, after = layer_widths(model), layer_widths(result.model)
+    # A dense layer's new channels are read by every later layer of its block (a concatenation): when a conv
+    # loses output channels, each reader's BN and conv lose the same inputs.
+    convs = [n for n, w in before.items() if len(w) == 3]  # layer_widths of a conv: [in, out, groups]
+    best = min((t for t in result.trials if t["passed"] and t["removed"]), key=lambda t: t["macs"])
+    assert sum(before[n][1] - after[n][1] for n in convs) == best["removed"] > 0
+    assert result.macs[1] == best["macs"] < result.macs[0]
+    readers = [n for n in convs if n.startswith("dense") and n.endswith(".conv1")]
+    assert any(after[n][0] < before[n][0] for n in readers)
+    assert all(before[n][0] - after[n][0] == before[n.replace("conv1", "bn1")][0] - after[n.replace("conv1", "bn1")][0]
+               for n in readers)
+    assert result.accuracy >= result.target
+    loaded, _ = load_model(result.path)
+    x = torch.randn(4, *SHAPE)
+    assert torch.equal(loaded.eval()(x), result.model.eval()(x))
