@@ -26,6 +26,7 @@ from cnnzip.measure import Evaluator, count_macs, count_parameters
 from cnnzip.modelfile import load_model
 from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
 from cnnzip.prune.fusion import LayerFusion, fuse_layers
+from cnnzip.report import latency_table
 from cnnzip.train import TrainConfig, fit
 
 ROOT = RUNS / "bench-dynamic-resnet56"
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--no-short", action="store_true", help="ablation: no short fine-tune of the carrier")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latency-rounds", type=int, default=5, help="report stage: interleaved latency rounds "
+                    "(0: none); run it alone on the machine")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ensure()
@@ -96,28 +99,79 @@ def main() -> None:
             print(r, flush=True)
 
     # The report: everything measured so far, test accuracies computed once per model file.
-    report: dict = {"args": vars(args), "baseline": {"macs": count_macs(model, (3, 32, 32)),
-                                                    "params": count_parameters(model),
-                                                    "val": validator.evaluate(model).accuracy,
-                                                    "test": tester.evaluate(model).accuracy}}
+    report: dict = {"args": vars(args), "run": str(dyn_dir.relative_to(RUNS)),
+                    "baseline": {"macs": count_macs(model, (3, 32, 32)), "params": count_parameters(model),
+                                 "val": validator.evaluate(model).accuracy, "test": tester.evaluate(model).accuracy}}
     if (dyn_dir / "state.json").exists() and (dyn_dir / "pruned.pt").exists():
         pruned, _ = load_model(dyn_dir / "pruned.pt")
+        state = json.loads((dyn_dir / "state.json").read_text())
         report["dynamic"] = {"macs": count_macs(pruned, (3, 32, 32)), "params": count_parameters(pruned),
                              "val": validator.evaluate(pruned).accuracy, "test": tester.evaluate(pruned).accuracy,
-                             "trials": json.loads((dyn_dir / "state.json").read_text())["trials"]}
-        for loss in ("kd", "ce"):
-            for state_path in sorted(dyn_dir.glob(f"fusion-{loss}-*/state.json")):
-                state = json.loads(state_path.read_text())
-                rows = []
-                for r in state["rows"]:
-                    row = dict(r)
-                    if r["file"]:
-                        row["test"] = tester.evaluate(load_model(state_path.parent / r["file"])[0]).accuracy
-                    rows.append(row)
-                report[f"fusion {loss} ({state_path.parent.name})"] = {"rows": rows, "stopped": state["stopped"]}
-    print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=1)[:3000])
+                             "trials": state["trials"], "recovered": state.get("recovered", {})}
+        report["fusion"] = {}
+        for state_path in sorted(dyn_dir.glob("fusion-*/state.json")):
+            state = json.loads(state_path.read_text())
+            rows = []
+            for r in state["rows"]:
+                row = dict(r)
+                model_file = state_path.parent / r["file"] if r["file"] else dyn_dir / "pruned.pt"
+                if r["file"] or r["removed"] == 0:
+                    row["test"] = tester.evaluate(load_model(model_file)[0]).accuracy
+                rows.append(row)
+            report["fusion"][state_path.parent.name] = {"rows": rows, "stopped": state["stopped"],
+                                                        "steps": state["steps"]}
+    if args.stage == "report" and args.latency_rounds and "dynamic" in report:
+        # Real speed-ups: the models side by side, eager PyTorch and ONNX Runtime, batch 1 and 256.
+        models = {"baseline": model, "dynamic": load_model(dyn_dir / "pruned.pt")[0]}
+        for name, fusion in report["fusion"].items():
+            kept = [r for r in fusion["rows"] if r["file"]]
+            if kept:
+                models[f"fused {name} ({kept[-1]['removed']} blocks)"] = load_model(dyn_dir / name / kept[-1]["file"])[0]
+        report["latency"] = latency_table(models, (3, 32, 32), (1, 256), rounds=args.latency_rounds, repeats=10)
+    print(markdown(report))
     save("dynamic_fusion_resnet56", report)
 
+
+def markdown(report: dict) -> str:
+    """The tables of BENCHMARKS.md."""
+    base = report["baseline"]
+    pct = lambda x: f"{100 * x:.2f}%"  # noqa: E731
+    fewer = lambda macs: f"{100 * (1 - macs / base['macs']):.1f}%"  # noqa: E731
+    out = [f"Run `{report['run']}`.", ""]
+    if "dynamic" not in report:
+        return "\n".join(out + ["(no dynamic-pruning result yet)"])
+    dyn = report["dynamic"]
+    out += ["| iteration | threshold P | channels removed | MACs | val before fine-tune | val after | meets target |",
+            "|---|---|---|---|---|---|---|"]
+    for t in dyn["trials"]:
+        out.append(f"| {t['iteration'] + 1} | {t['threshold']:.4f} | {t['removed']} | {t['macs'] / 1e6:.1f}M | "
+                   f"{pct(t.get('before_finetune', t['accuracy']))} | {pct(t.get('after_finetune', t['accuracy']))} |"
+                   f" {'yes' if t['passed'] else 'no'} |")
+    out += ["", "| iteration | winner | val before recovery | val after |", "|---|---|---|---|"]
+    for it, r in sorted(dyn["recovered"].items(), key=lambda kv: int(kv[0])):
+        out.append(f"| {int(it) + 1} | `{r['from']}` | {pct(r['before'])} | {pct(r['after'])} |")
+    out += ["", "| model | MACs | FLOPs removed | parameters | val | test |", "|---|---|---|---|---|---|",
+            f"| ResNet-56 (JPEG fine-tuned) | {base['macs'] / 1e6:.1f}M | - | {base['params']:,} | "
+            f"{pct(base['val'])} | {pct(base['test'])} |",
+            f"| dynamic pruning | {dyn['macs'] / 1e6:.1f}M | {fewer(dyn['macs'])} | {dyn['params']:,} | "
+            f"{pct(dyn['val'])} | {pct(dyn['test'])} |"]
+    for name, fusion in report.get("fusion", {}).items():
+        out += ["", f"Layer fusion `{name}`" + ("" if fusion["stopped"] else " (still running)") + ":", "",
+                "| blocks removed | depth | conv layers fused | MACs | FLOPs removed | val | test |",
+                "|---|---|---|---|---|---|---|"]
+        for r in fusion["rows"]:
+            test = pct(r["test"]) if "test" in r else "(below the floor: not kept)"
+            out.append(f"| {r['removed']} | {r['depth']} | {r['fused_layers']} | {r['macs'] / 1e6:.1f}M | "
+                       f"{fewer(r['macs'])} | {pct(r['accuracy'])} | {test} |")
+    if "latency" in report:
+        lat = report["latency"]
+        b = lat["baseline"]
+        keys = [k for k in ("eager_ms_b1", "eager_ms_b256", "ort_ms_b1", "ort_ms_b256") if k in b]
+        out += ["", "| model | " + " | ".join(k.replace("_ms_b", " ms, batch ") for k in keys) + " |",
+                "|---|" + "---|" * len(keys)]
+        for name, row in lat.items():
+            out.append(f"| {name} | " + " | ".join(f"{row[k]:.1f} ({b[k] / row[k]:.2f}x)" for k in keys) + " |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

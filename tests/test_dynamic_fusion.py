@@ -297,7 +297,14 @@ def test_recover_trains_each_winner_before_the_next_iteration_and_resumes(digits
         fit(m, batches, TrainConfig(epochs=1, lr=0.01), progress=False)
 
     config = DynamicPruning(drop=0.02, iterations=2)
+    first = dynamic_prune(model, val, finetune, DynamicPruning(drop=0.02, iterations=1), meta, tmp_path,
+                          recover=finetune)
+    assert set(first.recovered) == {"0"}
+    # More iterations extend the run: the first is resumed, not redone.
     result = dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune)
+    assert not any(t.startswith("it1-") for t in tags[:tags.index("it0-recover")])
+    assert [t for t in tags if t.startswith("it0-")] == [t for t in tags[:tags.index("it0-recover") + 1]]
+    assert len([t for t in tags if t == "it0-recover"]) == 1
     recovered = [t for t in tags if t.endswith("-recover")]
     assert recovered and recovered == [f"it{it}-recover" for it in sorted(map(int, result.recovered))]
     # Each recovery comes right after its iteration's trials, before the next iteration's first trial.

@@ -146,16 +146,20 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def resume_state(path: str | Path, fresh: dict[str, Any], what: str) -> dict[str, Any]:
+def resume_state(path: str | Path, fresh: dict[str, Any], what: str, free: tuple[str, ...] = ()) -> dict[str, Any]:
     """The saved run state at `path` if there is one, else `fresh`. A saved state whose "config" differs from
-    fresh["config"] (settings, and the digest of model and data) is refused rather than resumed."""
+    fresh["config"] (settings, and the digest of model and data) is refused rather than resumed; the settings
+    named in `free` may differ (they extend a run rather than change it) and take their new values."""
     path = Path(path)
     if not path.exists():
         return fresh
     saved = json.loads(path.read_text())
-    if saved.get("config") != fresh["config"]:
+    config = saved.get("config")
+    if not isinstance(config, dict) or {k: v for k, v in config.items() if k not in free} != \
+            {k: v for k, v in fresh["config"].items() if k not in free}:
         raise ConfigError(f"{path.parent} holds a {what} with other settings, another model or other validation "
                           "data; use the same ones to resume it, or another directory")
+    config.update({k: fresh["config"][k] for k in free if k in fresh["config"]})
     return saved
 
 

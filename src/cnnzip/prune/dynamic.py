@@ -152,8 +152,9 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
     settings["subject"] = run_digest(model, evaluator)
     if recover is not None:
         settings["recover"] = True  # (absent otherwise: runs from before this option still resume)
+    # More iterations extend a finished run: its first iterations are resumed, not redone.
     state: dict[str, Any] = resume_state(state_path, {"config": settings, "trials": [], "recovered": {}},
-                                         "dynamic pruning")
+                                         "dynamic pruning", free=("iterations",))
     state.setdefault("recovered", {})
     shape = tuple(meta.input_shape)
     example = torch.zeros(1, *shape)
