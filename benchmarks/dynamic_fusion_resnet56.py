@@ -108,6 +108,9 @@ def main() -> None:
         report["dynamic"] = {"macs": count_macs(pruned, (3, 32, 32)), "params": count_parameters(pruned),
                              "val": validator.evaluate(pruned).accuracy, "test": tester.evaluate(pruned).accuracy,
                              "trials": state["trials"], "recovered": state.get("recovered", {})}
+        for r in report["dynamic"]["recovered"].values():  # each iteration's result, on the test half too
+            m = load_model(dyn_dir / r["model"])[0]
+            r.update(macs=count_macs(m, (3, 32, 32)), test=tester.evaluate(m).accuracy)
         report["fusion"] = {}
         for state_path in sorted(dyn_dir.glob("fusion-*/state.json")):
             state = json.loads(state_path.read_text())
@@ -147,9 +150,11 @@ def markdown(report: dict) -> str:
         out.append(f"| {t['iteration'] + 1} | {t['threshold']:.4f} | {t['removed']} | {t['macs'] / 1e6:.1f}M | "
                    f"{pct(t.get('before_finetune', t['accuracy']))} | {pct(t.get('after_finetune', t['accuracy']))} |"
                    f" {'yes' if t['passed'] else 'no'} |")
-    out += ["", "| iteration | winner | val before recovery | val after |", "|---|---|---|---|"]
+    out += ["", "| after iteration | winner | MACs | FLOPs removed | val before recovery | val after | test |",
+            "|---|---|---|---|---|---|---|"]
     for it, r in sorted(dyn["recovered"].items(), key=lambda kv: int(kv[0])):
-        out.append(f"| {int(it) + 1} | `{r['from']}` | {pct(r['before'])} | {pct(r['after'])} |")
+        out.append(f"| {int(it) + 1} | `{r['from']}` | {r['macs'] / 1e6:.1f}M | {fewer(r['macs'])} | "
+                   f"{pct(r['before'])} | {pct(r['after'])} | {pct(r['test'])} |")
     out += ["", "| model | MACs | FLOPs removed | parameters | val | test |", "|---|---|---|---|---|---|",
             f"| ResNet-56 (JPEG fine-tuned) | {base['macs'] / 1e6:.1f}M | - | {base['params']:,} | "
             f"{pct(base['val'])} | {pct(base['test'])} |",

@@ -211,5 +211,5 @@ def test_dynamic_prune_and_fuse_commands(tmp_path, capsys):
     report = json.loads((tmp_path / "rec" / "report.json").read_text())
     assert report["trial_images"] == 300 and set(report["recovered"]) == {"0"}
     assert report["validation"]["after"] == report["recovered"]["0"]["accuracy"]
-    assert main(["dynamic-prune", str(model), "--trial-images", "0", "--out", str(tmp_path / "z")]) == 2
+    assert main(["dynamic-prune", str(model), "--trial-images", "-1", "--out", str(tmp_path / "z")]) == 2
     assert "--trial-images" in capsys.readouterr().err
