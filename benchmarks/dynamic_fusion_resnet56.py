@@ -6,16 +6,21 @@
     python benchmarks/dynamic_fusion_resnet56.py --stage report           # the table, from the runs
 
 Splits: the trials are judged, and channel sparsity measured, on 5,000 CIFAR-10 *test* images (500 per class,
-seed 0); the other 5,000 are the test set reported. (The 5,000 held-out training images are no use for feedback here: the
-../shared weights were trained on them, and fine-tuning on the other 45,000 makes the model forget them, which
-would read as pruning damage.) CPU budget: every fine-tune sees --trial-images / --short-images / --long-images
-training images per epoch (a fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs);
-each iteration's winner is then fine-tuned --recover-epochs on --recover-images before the next iteration.
-Every stage resumes after a kill. Writes results/dynamic_fusion_resnet56.json.
+seed 0); the other 5,000 are the test set reported. (The 5,000 held-out training images are no use for feedback
+here: the ../shared weights were trained on them, and fine-tuning on the other 45,000 makes the model forget
+them, which would read as pruning damage.)
+
+CPU budget: every fine-tune sees --trial-images / --short-images / --long-images training images per epoch (a
+fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs); each iteration's winner is
+then fine-tuned --recover-epochs on --recover-images before the next iteration starts. Every stage resumes after
+a kill. --iterations above the paper's 3 writes another run directory, started from a copy of the 3-iteration
+one (the same trials, not recomputed).
+Writes results/dynamic_fusion_resnet56.json.
 """
 
 import argparse
 import json
+import shutil
 
 import torch
 
@@ -36,11 +41,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["dynamic", "fusion", "report"], required=True)
     ap.add_argument("--loss", choices=["kd", "ce"], default="kd")
-    ap.add_argument("--drop", type=float, default=0.02, help="dynamic pruning target: below the baseline")
+    ap.add_argument("--drop", type=float, default=0.04, help="dynamic pruning target: below the baseline")
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1, help="epochs of every dynamic-pruning trial")
     ap.add_argument("--trial-images", type=int, default=10000)
-    ap.add_argument("--recover-epochs", type=int, default=1, help="0: no recovery fine-tune of the winners")
+    ap.add_argument("--recover-epochs", type=int, default=2, help="0: no recovery fine-tune of the winners")
     ap.add_argument("--recover-images", type=int, default=50000)
     ap.add_argument("--short-epochs", type=int, default=1)
     ap.add_argument("--short-images", type=int, default=5000)
@@ -78,8 +83,12 @@ def main() -> None:
             print(f"  fine-tuned {tag}: {validator.evaluate(m).accuracy:.2%} val", flush=True)
         return run
 
-    dyn_dir = ROOT / (f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}"
-                      f"-r{args.recover_epochs}x{args.recover_images}")
+    name = f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}-r{args.recover_epochs}x" \
+           f"{args.recover_images}"
+    dyn_dir = ROOT / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
+    paper = ROOT / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
+    if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
+        shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned.pt"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     if args.stage in ("dynamic", "fusion"):
         recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
