@@ -19,6 +19,7 @@ Writes results/dynamic_fusion_resnet56.json.
 """
 
 import argparse
+import copy
 import json
 import shutil
 
@@ -28,7 +29,7 @@ from _common import CIFAR_JPEG, RUNS, save
 from baseline_resnet56 import MODEL, ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.measure import Evaluator, count_macs, count_parameters
-from cnnzip.modelfile import load_model
+from cnnzip.modelfile import load_model, save_model
 from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
 from cnnzip.prune.fusion import LayerFusion, fuse_layers
 from cnnzip.report import latency_table
@@ -39,7 +40,7 @@ ROOT = RUNS / "bench-dynamic-resnet56"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["dynamic", "fusion", "report"], required=True)
+    ap.add_argument("--stage", choices=["dynamic", "finetune", "fusion", "report"], required=True)
     ap.add_argument("--loss", choices=["kd", "ce"], default="kd")
     ap.add_argument("--drop", type=float, default=0.04, help="dynamic pruning target: below the baseline")
     ap.add_argument("--iterations", type=int, default=3)
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--trial-images", type=int, default=10000)
     ap.add_argument("--recover-epochs", type=int, default=2, help="0: no recovery fine-tune of the winners")
     ap.add_argument("--recover-images", type=int, default=50000)
+    ap.add_argument("--final-epochs", type=int, default=8, help="finetune stage: epochs on all training images "
+                    "for the pruned model (how much of the gap is fine-tuning budget)")
     ap.add_argument("--short-epochs", type=int, default=1)
     ap.add_argument("--short-images", type=int, default=5000)
     ap.add_argument("--long-epochs", type=int, default=1)
@@ -90,12 +93,17 @@ def main() -> None:
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
         shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned.pt"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
-    if args.stage in ("dynamic", "fusion"):
+    if args.stage in ("dynamic", "finetune", "fusion"):
         recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
         dyn = dynamic_prune(model, validator, trainer(args.trial_images, args.epochs, dyn_dir), config, meta, dyn_dir,
                             recover=recover)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
+    final = dyn_dir / f"pruned-ft{args.final_epochs}.pt"
+    if args.stage == "finetune" and not final.exists():
+        tuned = copy.deepcopy(dyn.model)
+        trainer(50000, args.final_epochs, dyn_dir)(f"final{args.final_epochs}", tuned)
+        save_model(final, tuned, meta)
     if args.stage == "fusion":
         short = "noshort" if args.no_short else f"s{args.short_images}x{args.short_epochs}"
         fuse_dir = dyn_dir / (f"fusion-{args.loss}-{short}-l{args.long_images}x{args.long_epochs}-every{args.every}"
@@ -117,6 +125,11 @@ def main() -> None:
         report["dynamic"] = {"macs": count_macs(pruned, (3, 32, 32)), "params": count_parameters(pruned),
                              "val": validator.evaluate(pruned).accuracy, "test": tester.evaluate(pruned).accuracy,
                              "trials": state["trials"], "recovered": state.get("recovered", {})}
+        for path in sorted(dyn_dir.glob("pruned-ft*.pt")):  # the pruned model fine-tuned longer (finetune stage)
+            m = load_model(path)[0]
+            report["dynamic"].setdefault("finetuned", {})[path.stem] = {
+                "epochs": int(path.stem.removeprefix("pruned-ft")), "val": validator.evaluate(m).accuracy,
+                "test": tester.evaluate(m).accuracy}
         for r in report["dynamic"]["recovered"].values():  # each iteration's result, on the test half too
             m = load_model(dyn_dir / r["model"])[0]
             r.update(macs=count_macs(m, (3, 32, 32)), test=tester.evaluate(m).accuracy)
@@ -169,6 +182,9 @@ def markdown(report: dict) -> str:
             f"{pct(base['val'])} | {pct(base['test'])} |",
             f"| dynamic pruning | {dyn['macs'] / 1e6:.1f}M | {fewer(dyn['macs'])} | {dyn['params']:,} | "
             f"{pct(dyn['val'])} | {pct(dyn['test'])} |"]
+    for f in dyn.get("finetuned", {}).values():
+        out.append(f"| dynamic pruning, then {f['epochs']} more epochs | {dyn['macs'] / 1e6:.1f}M | "
+                   f"{fewer(dyn['macs'])} | {dyn['params']:,} | {pct(f['val'])} | {pct(f['test'])} |")
     for name, fusion in report.get("fusion", {}).items():
         out += ["", f"Layer fusion `{name}`" + ("" if fusion["stopped"] else " (still running)") + ":", "",
                 "| blocks removed | depth | conv layers fused | MACs | FLOPs removed | val | test |",
