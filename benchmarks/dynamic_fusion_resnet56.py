@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--trial-images", type=int, default=10000)
     ap.add_argument("--recover-epochs", type=int, default=2, help="0: no recovery fine-tune of the winners")
     ap.add_argument("--recover-images", type=int, default=50000)
-    ap.add_argument("--final-epochs", type=int, default=8, help="finetune stage: epochs on all training images "
+    ap.add_argument("--final-epochs", type=int, default=5, help="finetune stage: epochs on all training images "
                     "for the pruned model (how much of the gap is fine-tuning budget)")
     ap.add_argument("--short-epochs", type=int, default=1)
     ap.add_argument("--short-images", type=int, default=5000)
