@@ -19,7 +19,6 @@ Writes results/dynamic_fusion_resnet56.json.
 """
 
 import argparse
-import copy
 import json
 import shutil
 
@@ -50,6 +49,8 @@ def main() -> None:
     ap.add_argument("--recover-images", type=int, default=50000)
     ap.add_argument("--final-epochs", type=int, default=5, help="finetune stage: epochs on all training images "
                     "for the pruned model (how much of the gap is fine-tuning budget)")
+    ap.add_argument("--finetune-of", default="pruned.pt", help="finetune stage: the model file, relative to the "
+                    "dynamic-pruning run directory (e.g. fusion-kd-.../fused-8.pt)")
     ap.add_argument("--short-epochs", type=int, default=1)
     ap.add_argument("--short-images", type=int, default=5000)
     ap.add_argument("--long-epochs", type=int, default=1)
@@ -99,10 +100,11 @@ def main() -> None:
                             recover=recover)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
-    final = dyn_dir / f"pruned-ft{args.final_epochs}.pt"
+    source = dyn_dir / args.finetune_of
+    final = source.with_name(f"{source.stem}-ft{args.final_epochs}.pt")
     if args.stage == "finetune" and not final.exists():
-        tuned = copy.deepcopy(dyn.model)
-        trainer(50000, args.final_epochs, dyn_dir)(f"final{args.final_epochs}", tuned)
+        tuned = load_model(source)[0]
+        trainer(50000, args.final_epochs, source.parent)(f"final{args.final_epochs}-{source.stem}", tuned)
         save_model(final, tuned, meta)
     if args.stage == "fusion":
         short = "noshort" if args.no_short else f"s{args.short_images}x{args.short_epochs}"
@@ -125,11 +127,12 @@ def main() -> None:
         report["dynamic"] = {"macs": count_macs(pruned, (3, 32, 32)), "params": count_parameters(pruned),
                              "val": validator.evaluate(pruned).accuracy, "test": tester.evaluate(pruned).accuracy,
                              "trials": state["trials"], "recovered": state.get("recovered", {})}
-        for path in sorted(dyn_dir.glob("pruned-ft*.pt")):  # the pruned model fine-tuned longer (finetune stage)
+        report["finetuned"] = {}
+        for path in sorted(dyn_dir.glob("**/*-ft*.pt")):  # models fine-tuned longer (the finetune stage)
             m = load_model(path)[0]
-            report["dynamic"].setdefault("finetuned", {})[path.stem] = {
-                "epochs": int(path.stem.removeprefix("pruned-ft")), "val": validator.evaluate(m).accuracy,
-                "test": tester.evaluate(m).accuracy}
+            report["finetuned"][str(path.relative_to(dyn_dir))] = {
+                "epochs": int(path.stem.rsplit("-ft", 1)[1]), "macs": count_macs(m, (3, 32, 32)),
+                "val": validator.evaluate(m).accuracy, "test": tester.evaluate(m).accuracy}
         for r in report["dynamic"]["recovered"].values():  # each iteration's result, on the test half too
             m = load_model(dyn_dir / r["model"])[0]
             r.update(macs=count_macs(m, (3, 32, 32)), test=tester.evaluate(m).accuracy)
@@ -182,9 +185,12 @@ def markdown(report: dict) -> str:
             f"{pct(base['val'])} | {pct(base['test'])} |",
             f"| dynamic pruning | {dyn['macs'] / 1e6:.1f}M | {fewer(dyn['macs'])} | {dyn['params']:,} | "
             f"{pct(dyn['val'])} | {pct(dyn['test'])} |"]
-    for f in dyn.get("finetuned", {}).values():
-        out.append(f"| dynamic pruning, then {f['epochs']} more epochs | {dyn['macs'] / 1e6:.1f}M | "
-                   f"{fewer(dyn['macs'])} | {dyn['params']:,} | {pct(f['val'])} | {pct(f['test'])} |")
+    if report.get("finetuned"):
+        out += ["", "Fine-tuned longer (the finetune stage, all training images, lr 0.01 cosine):", "",
+                "| model | MACs | FLOPs removed | val | test |", "|---|---|---|---|---|"]
+        for name, f in report["finetuned"].items():
+            out.append(f"| `{name}` | {f['macs'] / 1e6:.1f}M | {fewer(f['macs'])} | {pct(f['val'])} | "
+                       f"{pct(f['test'])} |")
     for name, fusion in report.get("fusion", {}).items():
         out += ["", f"Layer fusion `{name}`" + ("" if fusion["stopped"] else " (still running)") + ":", "",
                 "| blocks removed | depth | conv layers fused | MACs | FLOPs removed | val | test |",
