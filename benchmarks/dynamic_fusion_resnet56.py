@@ -15,7 +15,7 @@ fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs
 then fine-tuned --recover-epochs on --recover-images before the next iteration starts. Every stage resumes after
 a kill. --iterations above the paper's 3 writes another run directory, started from a copy of the 3-iteration
 one (the same trials, not recomputed).
-Writes results/dynamic_fusion_resnet56.json.
+Writes results/dynamic_fusion_resnet56.json (with another --iterations, results/dynamic_fusion_resnet56_i<N>.json).
 """
 
 import argparse
@@ -157,7 +157,7 @@ def main() -> None:
                 models[f"fused {name} ({kept[-1]['removed']} blocks)"] = load_model(dyn_dir / name / kept[-1]["file"])[0]
         report["latency"] = latency_table(models, (3, 32, 32), (1, 256), rounds=args.latency_rounds, repeats=10)
     print(markdown(report))
-    save("dynamic_fusion_resnet56", report)
+    save("dynamic_fusion_resnet56" + ("" if args.iterations == 3 else f"_i{args.iterations}"), report)
 
 
 def markdown(report: dict) -> str:
