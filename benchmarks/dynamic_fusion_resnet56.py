@@ -92,7 +92,7 @@ def main() -> None:
     dyn_dir = ROOT / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
     paper = ROOT / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
-        shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned.pt"))
+        shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned*.pt", "ft-final*"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     if args.stage in ("dynamic", "finetune", "fusion"):
         recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
