@@ -12,29 +12,34 @@ import json
 import subprocess
 import sys
 
-from _common import CIFAR_JPEG, RESNET56, RUNS, require_shared, save
+from _common import CIFAR_JPEG, RESNET20, RESNET56, RUNS, require_shared, save
 
+WEIGHTS = {"resnet20": RESNET20, "resnet56": RESNET56}
 OUT = RUNS / "resnet56-ft"
 MODEL = OUT / "model.pt"
 
 
-def ensure(epochs: int = 2) -> dict:
+def ensure(epochs: int = 2, arch: str = "resnet56") -> dict:
+    """Fine-tune the ../shared `arch` (resnet20 or resnet56) into runs/<arch>-ft/model.pt, unless it is there."""
     require_shared()
-    if not MODEL.exists():
-        cmd = [sys.executable, "-m", "cnnzip.cli", "train", "--model", "resnet56", "--weights", str(RESNET56),
+    out = RUNS / f"{arch}-ft"
+    if not (out / "model.pt").exists():
+        cmd = [sys.executable, "-m", "cnnzip.cli", "train", "--model", arch, "--weights", str(WEIGHTS[arch]),
                "--norm", "imagenet", "--data", str(CIFAR_JPEG), "--epochs", str(epochs), "--lr", "0.01",
-               "--seed", "0", "--out", str(OUT), "--no-progress"]
+               "--seed", "0", "--out", str(out), "--no-progress"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
-    return json.loads((OUT / "metrics.json").read_text())
+    return json.loads((out / "metrics.json").read_text())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=2)
-    metrics = ensure(ap.parse_args().epochs)
-    print(f"ResNet-56 fine-tuned: test accuracy {metrics['test_acc']:.4f}")
-    save("baseline_resnet56", {"test_acc": metrics["test_acc"], "epochs": metrics["epochs"],
+    ap.add_argument("--arch", choices=sorted(WEIGHTS), default="resnet56")
+    args = ap.parse_args()
+    metrics = ensure(args.epochs, args.arch)
+    print(f"{args.arch} fine-tuned: test accuracy {metrics['test_acc']:.4f}")
+    save("baseline_resnet56" if args.arch == "resnet56" else f"baseline_{args.arch}", {"test_acc": metrics["test_acc"], "epochs": metrics["epochs"],
                                "config": metrics["config"]})
 
 

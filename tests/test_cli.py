@@ -207,9 +207,13 @@ def test_dynamic_prune_and_fuse_commands(tmp_path, capsys):
     assert main(["dynamic-prune", str(model), "--drop", "0.05", "--iterations", "1", "--tolerance", "0.1",
                  "--trial-images", "300", "--recover-epochs", "1", "--out", str(tmp_path / "rec"),
                  "--no-progress"]) == 0
-    assert "recovered" in capsys.readouterr().out
+    assert "fine-tuned longer" in capsys.readouterr().out
     report = json.loads((tmp_path / "rec" / "report.json").read_text())
     assert report["trial_images"] == 300 and set(report["recovered"]) == {"0"}
     assert report["validation"]["after"] == report["recovered"]["0"]["accuracy"]
     assert main(["dynamic-prune", str(model), "--trial-images", "-1", "--out", str(tmp_path / "z")]) == 2
     assert "--trial-images" in capsys.readouterr().err
+    assert main(["dynamic-prune", str(model), "--recover-epochs", "-1", "--out", str(tmp_path / "z")]) == 2
+    assert "--recover-epochs" in capsys.readouterr().err
+    assert main(["fuse", str(tmp_path / "dyn" / "pruned.pt"), "--long-epochs", "-2", "--out", str(tmp_path / "z")]) == 2
+    assert "--long-epochs" in capsys.readouterr().err

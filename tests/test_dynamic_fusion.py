@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -313,13 +314,26 @@ def test_recover_trains_each_winner_before_the_next_iteration_and_resumes(digits
     last = result.recovered[max(result.recovered, key=int)]
     assert last["accuracy"] == max(last["before"], last["after"]) == result.accuracy
     assert val.evaluate(load_model(result.path)[0]).accuracy == result.accuracy
-    # The winner's file is the un-recovered trial; the next iteration starts from the recovered one.
-    assert load_model(tmp_path / last["model"])[0].state_dict().keys() == result.model.state_dict().keys()
+    # The last recovered file is the result, tensor for tensor.
+    kept = load_model(tmp_path / last["model"])[0].state_dict()
+    assert kept.keys() == result.model.state_dict().keys()
+    assert all(torch.equal(kept[k], v) for k, v in result.model.state_dict().items())
     tags.clear()
     assert dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune).accuracy == result.accuracy
     assert tags == []
+    # The extended run is the run that asked for 2 iterations from the start.
+    fresh = dynamic_prune(model, val, finetune, config, meta, tmp_path / "fresh", recover=finetune)
+    assert [(t["iteration"], t["threshold"], t["removed"], t["accuracy"]) for t in fresh.trials] == \
+        [(t["iteration"], t["threshold"], t["removed"], t["accuracy"]) for t in result.trials]
+    assert all(torch.equal(fresh.model.state_dict()[k], v) for k, v in result.model.state_dict().items())
     with pytest.raises(ConfigError, match="other settings"):  # a run without recovery is another run
         dynamic_prune(model, val, finetune, config, meta, tmp_path)
+    with pytest.raises(ConfigError, match="other settings"):  # only the iterations are free, not the target
+        dynamic_prune(model, val, finetune, replace(config, drop=0.03), meta, tmp_path, recover=finetune)
+    with pytest.raises(ConfigError, match="other settings"):  # nor the fine-tunes
+        dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune, training={"epochs": 2})
+    with pytest.raises(ConfigError, match="already holds 2 iterations"):  # fewer would overwrite the result
+        dynamic_prune(model, val, finetune, replace(config, iterations=1), meta, tmp_path, recover=finetune)
 
 
 def test_dynamic_pruning_on_densenet_prunes_output_channels_and_every_reader(tmp_path):

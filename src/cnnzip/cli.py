@@ -645,6 +645,8 @@ def _cmd_search(args) -> int:
 
 
 def _cmd_dynamic(args) -> int:
+    from dataclasses import asdict
+
     from .data import Loader
     from .measure import Evaluator, count_macs, count_parameters
     from .modelfile import ModelMeta
@@ -664,16 +666,21 @@ def _cmd_dynamic(args) -> int:
         return Loader(split, args.batch_size, shuffle=True, augment=_augment(args, ds), mean=mean, std=std,
                       seed=args.seed, device=device)
 
+    if args.recover_epochs < 0 or args.epochs < 1:
+        raise ConfigError("--epochs must be at least 1 and --recover-epochs 0 (no recovery) or more")
+    # More --iterations extend a run: the fine-tunes' checkpoints do not depend on them.
+    key = str({k: v for k, v in asdict(config).items() if k != "iterations"})
     run = _stage_trainer(args, batches(_some(train, args.trial_images, args.seed, "--trial-images")), device,
-                         {"trial": args.epochs}, config=str(config), trial_images=args.trial_images)
+                         {"trial": args.epochs}, config=key, trial_images=args.trial_images)
     recover = None
     if args.recover_epochs > 0:
-        run_recover = _stage_trainer(args, batches(train), device, {"recover": args.recover_epochs},
-                                     config=str(config))
+        run_recover = _stage_trainer(args, batches(train), device, {"recover": args.recover_epochs}, config=key)
         recover = lambda tag, m: run_recover("recover", m, [], tag=tag)  # noqa: E731
     evaluator = Evaluator(Loader(val, 500, mean=mean, std=std))
+    training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
+                "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment}
     result = dynamic_prune(model.cpu().eval(), evaluator, lambda tag, m: run("trial", m, [], tag=tag), config,
-                           out_meta, args.out, recover=recover, device=device)
+                           out_meta, args.out, recover=recover, training=training, device=device)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std))
     accuracy = {"original": test.evaluate(model.cpu()).accuracy, "pruned": test.evaluate(result.model).accuracy}
     print(f"{'iter':>4} {'threshold':>9} {'removed':>8} {'MACs':>13} {'val acc':>8}  verdict")
@@ -686,7 +693,8 @@ def _cmd_dynamic(args) -> int:
     print(f"validation accuracy {result.baseline_accuracy:.2%} -> {result.accuracy:.2%}; test accuracy (once) "
           f"{accuracy['original']:.2%} -> {accuracy['pruned']:.2%}")
     for it, r in sorted(result.recovered.items(), key=lambda kv: int(kv[0])):
-        print(f"iteration {it}: the winner {r['from']} recovered {r['before']:.2%} -> {r['after']:.2%}")
+        kept = "" if r["after"] >= r["before"] else f" (worse: kept its weights before, {r['accuracy']:.2%})"
+        print(f"iteration {it}: the winner {r['from']} fine-tuned longer, {r['before']:.2%} -> {r['after']:.2%}{kept}")
     report = {"config": config.__dict__ | {"skip": list(config.skip)}, "epochs": args.epochs,
               "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
               "recovered": result.recovered,
@@ -709,6 +717,8 @@ def _cmd_fuse(args) -> int:
     device, ds, train, val, model, meta, mean, std = _prepare(args)
     if val is None:
         raise ConfigError("layer fusion judges every step on a validation split: set --val-size above 0")
+    if min(args.short_epochs, args.long_epochs, args.scratch_epochs) < 0:
+        raise ConfigError("--short-epochs, --long-epochs and --scratch-epochs must be 0 (none) or more")
     shape = (ds.in_channels, *ds.image_size)
     config = LayerFusion(loss=args.loss, temperature=args.temperature, alpha=args.alpha, short=not args.no_short,
                          long_every=args.every, max_drop=args.max_drop, max_width=args.max_width,
@@ -728,8 +738,10 @@ def _cmd_fuse(args) -> int:
         run_short("short", m, hooks, tag=tag, parameters=params)
 
     evaluator = Evaluator(Loader(val, 500, mean=mean, std=std))
+    training = {"short_epochs": args.short_epochs, "short_images": args.short_images, "long_epochs": args.long_epochs,
+                "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment}
     result = fuse_layers(model.cpu().eval(), evaluator, short, lambda tag, m, hooks: run("long", m, hooks, tag=tag),
-                         config, out_meta, args.out)
+                         config, out_meta, args.out, training=training)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std))
     print(f"{'removed':>7} {'depth':>5} {'fused layers':>12} {'MACs':>13} {'val acc':>8}")
     for r in result.rows:

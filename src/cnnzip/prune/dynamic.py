@@ -137,13 +137,15 @@ Finetune = Callable[[str, nn.Module], None]
 
 def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: DynamicPruning,
                   meta: ModelMeta, run_dir: str | Path, *, recover: Finetune | None = None,
-                  device: torch.device | str = "cpu") -> DynamicResult:
+                  training: dict[str, Any] | None = None, device: torch.device | str = "cpu") -> DynamicResult:
     """Run the dynamic pruning; the caller's model is not changed.
 
     `evaluator` holds the validation split: it measures channel sparsity and judges every trial. `finetune(tag,
     model)` trains a pruned model in place (tag names the trial, for its checkpoint); `recover(tag, model)`, if
     given, trains each iteration's winner further (the better of its weights before and after are kept). Writes
     `run_dir/state.json`, one model file per trial (and per recovered winner), and `run_dir/pruned.pt`.
+    `training` describes what the fine-tunes do (epochs, images, learning rate...): a run resumed with other
+    training is refused rather than mixed. More `iterations` extend a run; fewer are refused.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -152,10 +154,16 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
     settings["subject"] = run_digest(model, evaluator)
     if recover is not None:
         settings["recover"] = True  # (absent otherwise: runs from before this option still resume)
+    if training:
+        settings["training"] = dict(training)
     # More iterations extend a finished run: its first iterations are resumed, not redone.
     state: dict[str, Any] = resume_state(state_path, {"config": settings, "trials": [], "recovered": {}},
                                          "dynamic pruning", free=("iterations",))
     state.setdefault("recovered", {})
+    done = max((t["iteration"] + 1 for t in state["trials"]), default=0)
+    if done > config.iterations:
+        raise ConfigError(f"{run} already holds {done} iterations; ask for at least {done} to resume it (its "
+                          f"earlier results are in state.json), or use another directory")
     shape = tuple(meta.input_shape)
     example = torch.zeros(1, *shape)
     current = model.cpu().eval()

@@ -23,6 +23,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,17 +150,20 @@ LongFinetune = Callable[[str, nn.Module, Sequence[TrainHook]], None]
 
 def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFinetune,
                 long_finetune: LongFinetune, config: LayerFusion, meta: ModelMeta,
-                run_dir: str | Path) -> FusionResult:
+                run_dir: str | Path, *, training: dict[str, Any] | None = None) -> FusionResult:
     """Fuse layers of the (pruned) `model`, which is also the teacher; the caller's model is not changed.
 
     `short_finetune(tag, model, parameters, hooks)` trains only `parameters`; `long_finetune(tag, model, hooks)`
     trains everything. Writes `run_dir/state.json`, `run_dir/current.pt` and one `fused-<k>.pt` per snapshot.
+    `training` describes what the fine-tunes do (epochs, images...): a run resumed with other training is refused.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     shape = tuple(meta.input_shape)
     teacher = copy.deepcopy(model).cpu().eval()
     settings = {**asdict(config), "subject": run_digest(model, evaluator)}
+    if training:
+        settings["training"] = dict(training)
     state_path = run / "state.json"
     reference = evaluator.evaluate(teacher).accuracy
     floor = reference - config.max_drop

@@ -1,9 +1,12 @@
-"""Dynamic pruning, then layer fusion, on the JPEG-fine-tuned ResNet-56 (issue 6), with the KD/CE ablation.
+"""Dynamic pruning, then layer fusion, on a JPEG-fine-tuned ResNet (issue 6), with the KD/CE ablation.
 
-    python benchmarks/dynamic_fusion_resnet56.py --stage dynamic          # the threshold search, 3 iterations
-    python benchmarks/dynamic_fusion_resnet56.py --stage fusion --loss kd # then fusion, with distillation
-    python benchmarks/dynamic_fusion_resnet56.py --stage fusion --loss ce # the ablation
-    python benchmarks/dynamic_fusion_resnet56.py --stage report           # the table, from the runs
+    python benchmarks/dynamic_fusion.py --stage dynamic          # the threshold search, 3 iterations
+    python benchmarks/dynamic_fusion.py --stage fusion --loss kd # then fusion, with distillation
+    python benchmarks/dynamic_fusion.py --stage fusion --loss ce # the ablation
+    python benchmarks/dynamic_fusion.py --stage report           # the table, from the runs
+
+--arch resnet56 (default) or resnet20 (about 3x cheaper): the ../shared weights, fine-tuned on the JPEG images
+first by benchmarks/baseline_resnet56.py --arch ARCH.
 
 Splits: the trials are judged, and channel sparsity measured, on 5,000 CIFAR-10 *test* images (500 per class,
 seed 0); the other 5,000 are the test set reported. (The 5,000 held-out training images are no use for feedback
@@ -14,8 +17,9 @@ CPU budget: every fine-tune sees --trial-images / --short-images / --long-images
 fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs); each iteration's winner is
 then fine-tuned --recover-epochs on --recover-images before the next iteration starts. Every stage resumes after
 a kill. --iterations above the paper's 3 writes another run directory, started from a copy of the 3-iteration
-one (the same trials, not recomputed).
-Writes results/dynamic_fusion_resnet56.json (with another --iterations, results/dynamic_fusion_resnet56_i<N>.json).
+one (the same trials, not recomputed). `--stage finetune --finetune-of baseline` fine-tunes the unpruned
+model as long, the control for what the extra epochs alone give.
+Writes results/dynamic_fusion_<arch>.json (with another --iterations, results/dynamic_fusion_<arch>_i<N>.json).
 """
 
 import argparse
@@ -25,21 +29,20 @@ import shutil
 import torch
 
 from _common import CIFAR_JPEG, RUNS, save
-from baseline_resnet56 import MODEL, ensure
+from baseline_resnet56 import ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
-from cnnzip.measure import Evaluator, count_macs, count_parameters
+from cnnzip.measure import Evaluator, count_macs, count_parameters, run_digest
 from cnnzip.modelfile import load_model, save_model
 from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
 from cnnzip.prune.fusion import LayerFusion, fuse_layers
 from cnnzip.report import latency_table
 from cnnzip.train import TrainConfig, fit
 
-ROOT = RUNS / "bench-dynamic-resnet56"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["dynamic", "finetune", "fusion", "report"], required=True)
+    ap.add_argument("--arch", choices=["resnet20", "resnet56"], default="resnet56")
     ap.add_argument("--loss", choices=["kd", "ce"], default="kd")
     ap.add_argument("--drop", type=float, default=0.04, help="dynamic pruning target: below the baseline")
     ap.add_argument("--iterations", type=int, default=3)
@@ -50,7 +53,8 @@ def main() -> None:
     ap.add_argument("--final-epochs", type=int, default=5, help="finetune stage: epochs on all training images "
                     "for the pruned model (how much of the gap is fine-tuning budget)")
     ap.add_argument("--finetune-of", default="pruned.pt", help="finetune stage: the model file, relative to the "
-                    "dynamic-pruning run directory (e.g. fusion-kd-.../fused-8.pt)")
+                    "dynamic-pruning run directory (e.g. fusion-kd-.../fused-8.pt), or baseline: the "
+                    "unpruned model (the control)")
     ap.add_argument("--short-epochs", type=int, default=1)
     ap.add_argument("--short-images", type=int, default=5000)
     ap.add_argument("--long-epochs", type=int, default=1)
@@ -65,8 +69,9 @@ def main() -> None:
                     "(0: none); run it alone on the machine")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ensure()
-    model, meta = load_model(MODEL)
+    ensure(arch=args.arch)
+    root = RUNS / f"bench-dynamic-{args.arch}"
+    model, meta = load_model(RUNS / f"{args.arch}-ft" / "model.pt")
     ds = load_image_folder(CIFAR_JPEG)
     test, val = train_val_split(ds.test, 5000, seed=0)  # stratified halves (the folder is sorted by class)
     validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
@@ -82,28 +87,30 @@ def main() -> None:
             hooks = rest[-1] if rest and isinstance(rest[-1], list) else []
             fit(m, batches, TrainConfig(epochs=epochs, lr=args.lr, seed=0), hooks=hooks, parameters=params,
                 checkpoint=folder / f"ft-{tag}.pt", progress=False,
-                fingerprint={"images": images, "tag": tag})
+                fingerprint={"images": images, "tag": tag, "start": run_digest(m)})
             m.cpu().eval()
             print(f"  fine-tuned {tag}: {validator.evaluate(m).accuracy:.2%} val", flush=True)
         return run
 
     name = f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}-r{args.recover_epochs}x" \
            f"{args.recover_images}"
-    dyn_dir = ROOT / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
-    paper = ROOT / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
+    dyn_dir = root / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
+    paper = root / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
         shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned*.pt", "ft-final*"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     if args.stage in ("dynamic", "finetune", "fusion"):
         recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
+        training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
+                    "recover_images": args.recover_images, "lr": args.lr}
         dyn = dynamic_prune(model, validator, trainer(args.trial_images, args.epochs, dyn_dir), config, meta, dyn_dir,
-                            recover=recover)
+                            recover=recover, training=training)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
     source = dyn_dir / args.finetune_of
     final = source.with_name(f"{source.stem}-ft{args.final_epochs}.pt")
     if args.stage == "finetune" and not final.exists():
-        tuned = load_model(source)[0]
+        tuned = model if args.finetune_of == "baseline" else load_model(source)[0]
         trainer(50000, args.final_epochs, source.parent)(f"final{args.final_epochs}-{source.stem}", tuned)
         save_model(final, tuned, meta)
     if args.stage == "fusion":
@@ -112,13 +119,16 @@ def main() -> None:
                               f"-drop{args.max_drop}-max{args.max_removals}")
         fusion = LayerFusion(loss=args.loss, long_every=args.every, max_drop=args.max_drop,
                              short=not args.no_short, max_removals=args.max_removals)
+        training = {"short_epochs": args.short_epochs, "short_images": args.short_images,
+                    "long_epochs": args.long_epochs, "long_images": args.long_images, "lr": args.lr}
         result = fuse_layers(dyn.model, validator, trainer(args.short_images, args.short_epochs, fuse_dir, True),
-                             trainer(args.long_images, args.long_epochs, fuse_dir), fusion, meta, fuse_dir)
+                             trainer(args.long_images, args.long_epochs, fuse_dir), fusion, meta, fuse_dir,
+                             training=training)
         for r in result.rows:
             print(r, flush=True)
 
     # The report: everything measured so far, test accuracies computed once per model file.
-    report: dict = {"args": vars(args), "run": str(dyn_dir.relative_to(RUNS)),
+    report: dict = {"args": vars(args), "run": str(dyn_dir.relative_to(RUNS)), "arch": args.arch,
                     "baseline": {"macs": count_macs(model, (3, 32, 32)), "params": count_parameters(model),
                                  "val": validator.evaluate(model).accuracy, "test": tester.evaluate(model).accuracy}}
     if (dyn_dir / "state.json").exists() and (dyn_dir / "pruned.pt").exists():
@@ -157,7 +167,7 @@ def main() -> None:
                 models[f"fused {name} ({kept[-1]['removed']} blocks)"] = load_model(dyn_dir / name / kept[-1]["file"])[0]
         report["latency"] = latency_table(models, (3, 32, 32), (1, 256), rounds=args.latency_rounds, repeats=10)
     print(markdown(report))
-    save("dynamic_fusion_resnet56" + ("" if args.iterations == 3 else f"_i{args.iterations}"), report)
+    save(f"dynamic_fusion_{args.arch}" + ("" if args.iterations == 3 else f"_i{args.iterations}"), report)
 
 
 def markdown(report: dict) -> str:
@@ -175,13 +185,13 @@ def markdown(report: dict) -> str:
         out.append(f"| {t['iteration'] + 1} | {t['threshold']:.4f} | {t['removed']} | {t['macs'] / 1e6:.1f}M | "
                    f"{pct(t.get('before_finetune', t['accuracy']))} | {pct(t.get('after_finetune', t['accuracy']))} |"
                    f" {'yes' if t['passed'] else 'no'} |")
-    out += ["", "| after iteration | winner | MACs | FLOPs removed | val before recovery | val after | test |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["", "| after iteration | winner | MACs | FLOPs removed | val before recovery | val after | kept: val | "
+            "kept: test |", "|---|---|---|---|---|---|---|---|"]
     for it, r in sorted(dyn["recovered"].items(), key=lambda kv: int(kv[0])):
         out.append(f"| {int(it) + 1} | `{r['from']}` | {r['macs'] / 1e6:.1f}M | {fewer(r['macs'])} | "
-                   f"{pct(r['before'])} | {pct(r['after'])} | {pct(r['test'])} |")
+                   f"{pct(r['before'])} | {pct(r['after'])} | {pct(r['accuracy'])} | {pct(r['test'])} |")
     out += ["", "| model | MACs | FLOPs removed | parameters | val | test |", "|---|---|---|---|---|---|",
-            f"| ResNet-56 (JPEG fine-tuned) | {base['macs'] / 1e6:.1f}M | - | {base['params']:,} | "
+            f"| {report.get('arch', 'resnet56')} (JPEG fine-tuned) | {base['macs'] / 1e6:.1f}M | - | {base['params']:,} | "
             f"{pct(base['val'])} | {pct(base['test'])} |",
             f"| dynamic pruning | {dyn['macs'] / 1e6:.1f}M | {fewer(dyn['macs'])} | {dyn['params']:,} | "
             f"{pct(dyn['val'])} | {pct(dyn['test'])} |"]
