@@ -18,12 +18,15 @@ fixed random subset, seed 0), far below the paper's GPU schedules (50-200 epochs
 then fine-tuned --recover-epochs on --recover-images before the next iteration starts. Every stage resumes after
 a kill. --iterations above the paper's 3 writes another run directory, started from a copy of the 3-iteration
 one (the same trials, not recomputed). `--stage finetune --finetune-of baseline` fine-tunes the unpruned
-model as long, the control for what the extra epochs alone give.
+model as long, the control for what the extra epochs alone give; with --scratch it trains the architecture of
+--finetune-of from new weights instead (lr 0.1): the paper's from-scratch ablation.
 Writes results/dynamic_fusion_<arch>.json (with another --iterations, results/dynamic_fusion_<arch>_i<N>.json).
 """
 
 import argparse
+import copy
 import json
+import re
 import shutil
 
 import torch
@@ -34,7 +37,7 @@ from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.measure import Evaluator, count_macs, count_parameters, run_digest
 from cnnzip.modelfile import load_model, save_model
 from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
-from cnnzip.prune.fusion import LayerFusion, fuse_layers
+from cnnzip.prune.fusion import LayerFusion, fresh_copy, fuse_layers
 from cnnzip.report import latency_table
 from cnnzip.train import TrainConfig, fit
 
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--finetune-of", default="pruned.pt", help="finetune stage: the model file, relative to the "
                     "dynamic-pruning run directory (e.g. fusion-kd-.../fused-8.pt), or baseline: the "
                     "unpruned model (the control)")
+    ap.add_argument("--scratch", action="store_true", help="finetune stage: train --finetune-of's architecture "
+                    "from new weights (lr 0.1) for --final-epochs, the from-scratch ablation")
     ap.add_argument("--short-epochs", type=int, default=1)
     ap.add_argument("--short-images", type=int, default=5000)
     ap.add_argument("--long-epochs", type=int, default=1)
@@ -78,14 +83,14 @@ def main() -> None:
     tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
     order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
 
-    def trainer(images: int, epochs: int, folder, params_of=None):
+    def trainer(images: int, epochs: int, folder, params_of=None, lr=None):
         batches = Loader(ds.train.subset(order[:images]), 128, shuffle=True, augment=True, mean=meta.mean,
                          std=meta.std, seed=0)
 
         def run(tag, m, *rest):
             params = list(rest[0]) if params_of and rest else None
             hooks = rest[-1] if rest and isinstance(rest[-1], list) else []
-            fit(m, batches, TrainConfig(epochs=epochs, lr=args.lr, seed=0), hooks=hooks, parameters=params,
+            fit(m, batches, TrainConfig(epochs=epochs, lr=lr or args.lr, seed=0), hooks=hooks, parameters=params,
                 checkpoint=folder / f"ft-{tag}.pt", progress=False,
                 fingerprint={"images": images, "tag": tag, "start": run_digest(m)})
             m.cpu().eval()
@@ -97,7 +102,8 @@ def main() -> None:
     dyn_dir = root / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
     paper = root / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
-        shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned*.pt", "ft-final*"))
+        shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned*.pt", "ft-final*", "ft-scratch*",
+                                                                "baseline-*"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     if args.stage in ("dynamic", "finetune", "fusion"):
         recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
@@ -108,10 +114,14 @@ def main() -> None:
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
     source = dyn_dir / args.finetune_of
-    final = source.with_name(f"{source.stem}-ft{args.final_epochs}.pt")
+    kind = "scratch" if args.scratch else "ft"
+    final = source.with_name(f"{source.stem}-{kind}{args.final_epochs}.pt")
     if args.stage == "finetune" and not final.exists():
-        tuned = model if args.finetune_of == "baseline" else load_model(source)[0]
-        trainer(50000, args.final_epochs, source.parent)(f"final{args.final_epochs}-{source.stem}", tuned)
+        tuned = copy.deepcopy(model) if args.finetune_of == "baseline" else load_model(source)[0]
+        if args.scratch:
+            tuned = fresh_copy(tuned, seed=0)
+        trainer(50000, args.final_epochs, source.parent, lr=0.1 if args.scratch else None)(
+            f"{'scratch' if args.scratch else 'final'}{args.final_epochs}-{source.stem}", tuned)
         save_model(final, tuned, meta)
     if args.stage == "fusion":
         short = "noshort" if args.no_short else f"s{args.short_images}x{args.short_epochs}"
@@ -138,10 +148,11 @@ def main() -> None:
                              "val": validator.evaluate(pruned).accuracy, "test": tester.evaluate(pruned).accuracy,
                              "trials": state["trials"], "recovered": state.get("recovered", {})}
         report["finetuned"] = {}
-        for path in sorted(dyn_dir.glob("**/*-ft*.pt")):  # models fine-tuned longer (the finetune stage)
+        # Models fine-tuned longer, or trained from scratch (the finetune stage).
+        for path in sorted([*dyn_dir.glob("**/*-ft[0-9]*.pt"), *dyn_dir.glob("**/*-scratch[0-9]*.pt")]):
             m = load_model(path)[0]
             report["finetuned"][str(path.relative_to(dyn_dir))] = {
-                "epochs": int(path.stem.rsplit("-ft", 1)[1]), "macs": count_macs(m, (3, 32, 32)),
+                "epochs": int(re.search(r"\d+$", path.stem).group()), "macs": count_macs(m, (3, 32, 32)),
                 "val": validator.evaluate(m).accuracy, "test": tester.evaluate(m).accuracy}
         for r in report["dynamic"]["recovered"].values():  # each iteration's result, on the test half too
             m = load_model(dyn_dir / r["model"])[0]
@@ -196,7 +207,8 @@ def markdown(report: dict) -> str:
             f"| dynamic pruning | {dyn['macs'] / 1e6:.1f}M | {fewer(dyn['macs'])} | {dyn['params']:,} | "
             f"{pct(dyn['val'])} | {pct(dyn['test'])} |"]
     if report.get("finetuned"):
-        out += ["", "Fine-tuned longer (the finetune stage, all training images, lr 0.01 cosine):", "",
+        out += ["", "Fine-tuned longer (the finetune stage, all training images, lr 0.01 cosine; `-scratch`: new "
+                "weights, lr 0.1 cosine):", "",
                 "| model | MACs | FLOPs removed | val | test |", "|---|---|---|---|---|"]
         for name, f in report["finetuned"].items():
             out.append(f"| `{name}` | {f['macs'] / 1e6:.1f}M | {fewer(f['macs'])} | {pct(f['val'])} | "
