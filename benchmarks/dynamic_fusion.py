@@ -105,7 +105,8 @@ def main() -> None:
         shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned*.pt", "ft-final*", "ft-scratch*",
                                                                 "baseline-*"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
-    if args.stage in ("dynamic", "finetune", "fusion"):
+    control = args.stage == "finetune" and args.finetune_of == "baseline"  # needs no pruned model
+    if args.stage in ("dynamic", "finetune", "fusion") and not control:
         recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
         training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
                     "recover_images": args.recover_images, "lr": args.lr}
