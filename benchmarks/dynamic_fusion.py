@@ -34,6 +34,7 @@ import torch
 from _common import CIFAR_JPEG, RUNS, save
 from baseline_resnet56 import ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
+from cnnzip.distill import Distillation
 from cnnzip.measure import Evaluator, count_macs, count_parameters, run_digest
 from cnnzip.modelfile import load_model, save_model
 from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1, help="epochs of every dynamic-pruning trial")
     ap.add_argument("--trial-images", type=int, default=10000)
+    ap.add_argument("--distill", action="store_true", help="dynamic stage: trials and recoveries learn from the "
+                    "unpruned model (KD, T 4, alpha 0.9); the paper uses cross-entropy")
     ap.add_argument("--recover-epochs", type=int, default=2, help="0: no recovery fine-tune of the winners")
     ap.add_argument("--recover-images", type=int, default=50000)
     ap.add_argument("--final-epochs", type=int, default=5, help="finetune stage: epochs on all training images "
@@ -98,7 +101,7 @@ def main() -> None:
         return run
 
     name = f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}-r{args.recover_epochs}x" \
-           f"{args.recover_images}"
+           f"{args.recover_images}" + ("-kd" if args.distill else "")
     dyn_dir = root / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
     paper = root / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
@@ -107,10 +110,14 @@ def main() -> None:
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     control = args.stage == "finetune" and args.finetune_of == "baseline"  # needs no pruned model
     if args.stage in ("dynamic", "finetune", "fusion") and not control:
-        recover = trainer(args.recover_images, args.recover_epochs, dyn_dir) if args.recover_epochs else None
+        teacher = [Distillation(model)] if args.distill else []  # T = 4, alpha = 0.9
+        trial, recover = trainer(args.trial_images, args.epochs, dyn_dir), None
+        if args.recover_epochs:
+            recover_run = trainer(args.recover_images, args.recover_epochs, dyn_dir)
+            recover = lambda tag, m: recover_run(tag, m, teacher)  # noqa: E731
         training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
-                    "recover_images": args.recover_images, "lr": args.lr}
-        dyn = dynamic_prune(model, validator, trainer(args.trial_images, args.epochs, dyn_dir), config, meta, dyn_dir,
+                    "recover_images": args.recover_images, "lr": args.lr, **({"distill": True} if args.distill else {})}
+        dyn = dynamic_prune(model, validator, lambda tag, m: trial(tag, m, teacher), config, meta, dyn_dir,
                             recover=recover, training=training)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)

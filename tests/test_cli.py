@@ -184,7 +184,7 @@ def test_search_command_finds_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "c" / "result.json").read_text())["finetuned"]
 
 
-def test_dynamic_prune_and_fuse_commands(tmp_path, capsys):
+def test_dynamic_prune_and_fuse_commands(tmp_path, capsys, monkeypatch):
     model = tmp_path / "r20" / "model.pt"
     assert main(["train", "--model", "resnet20", "--width", "0.5", "--epochs", "3", "--lr", "0.05", "--out",
                  str(tmp_path / "r20"), "--no-progress"]) == 0
@@ -211,6 +211,21 @@ def test_dynamic_prune_and_fuse_commands(tmp_path, capsys):
     report = json.loads((tmp_path / "rec" / "report.json").read_text())
     assert report["trial_images"] == 300 and set(report["recovered"]) == {"0"}
     assert report["validation"]["after"] == report["recovered"]["0"]["accuracy"]
+    # --distill: trials and recoveries learn from MODEL through the distillation hook; a run is one or the other.
+    from cnnzip.distill import Distillation
+
+    calls = []
+    original = Distillation.loss
+    monkeypatch.setattr(Distillation, "loss", lambda self, *a: calls.append(self.alpha) or original(self, *a))
+    common = ["--drop", "0.05", "--iterations", "1", "--tolerance", "0.1", "--trial-images", "300",
+              "--recover-epochs", "1", "--no-progress"]
+    assert main(["dynamic-prune", str(model), *common, "--out", str(tmp_path / "rec"), "--distill"]) == 2
+    assert "other settings" in capsys.readouterr().err and not calls
+    assert main(["dynamic-prune", str(model), *common, "--out", str(tmp_path / "kd"), "--distill",
+                 "--alpha", "0.5"]) == 0
+    assert calls and set(calls) == {0.5}
+    assert json.loads((tmp_path / "kd" / "state.json").read_text())["config"]["training"]["distill"] == \
+        {"temperature": 4.0, "alpha": 0.5}
     assert main(["dynamic-prune", str(model), "--trial-images", "-1", "--out", str(tmp_path / "z")]) == 2
     assert "--trial-images" in capsys.readouterr().err
     assert main(["dynamic-prune", str(model), "--recover-epochs", "-1", "--out", str(tmp_path / "z")]) == 2

@@ -224,6 +224,11 @@ def _parser() -> argparse.ArgumentParser:
                    "fixed random subset): cheap feedback, sized for a CPU; 0: all of them")
     s.add_argument("--recover-epochs", type=int, default=2, help="fine-tune each iteration's winner this many "
                    "epochs on all training images before the next iteration starts (0: never)")
+    s.add_argument("--distill", action="store_true", help="fine-tune trials and recoveries with knowledge "
+                   "distillation from MODEL (--temperature, --alpha): faster recovery on short budgets; the paper "
+                   "uses plain cross-entropy")
+    s.add_argument("--temperature", type=float, default=4.0)
+    s.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
     s.add_argument("--lower", type=float, default=0.5, help="initial lower end of the threshold interval")
     s.add_argument("--upper", type=float, default=1.0)
     s.add_argument("--tolerance", type=float, default=0.03, help="stop when the interval is narrower")
@@ -648,6 +653,7 @@ def _cmd_dynamic(args) -> int:
     from dataclasses import asdict
 
     from .data import Loader
+    from .distill import Distillation
     from .measure import Evaluator, count_macs, count_parameters
     from .modelfile import ModelMeta
     from .prune.dynamic import DynamicPruning, dynamic_prune
@@ -670,16 +676,21 @@ def _cmd_dynamic(args) -> int:
         raise ConfigError("--epochs must be at least 1 and --recover-epochs 0 (no recovery) or more")
     # More --iterations extend a run: the fine-tunes' checkpoints do not depend on them.
     key = str({k: v for k, v in asdict(config).items() if k != "iterations"})
+    # (recorded only when given: runs from before the option still resume)
+    distill = {"distill": {"temperature": args.temperature, "alpha": args.alpha}} if args.distill else {}
+    hooks = [Distillation(model, **distill["distill"])] if distill else []
     run = _stage_trainer(args, batches(_some(train, args.trial_images, args.seed, "--trial-images")), device,
-                         {"trial": args.epochs}, config=key, trial_images=args.trial_images)
+                         {"trial": args.epochs}, config=key, trial_images=args.trial_images, **distill)
     recover = None
     if args.recover_epochs > 0:
-        run_recover = _stage_trainer(args, batches(train), device, {"recover": args.recover_epochs}, config=key)
-        recover = lambda tag, m: run_recover("recover", m, [], tag=tag)  # noqa: E731
+        run_recover = _stage_trainer(args, batches(train), device, {"recover": args.recover_epochs}, config=key,
+                                     **distill)
+        recover = lambda tag, m: run_recover("recover", m, hooks, tag=tag)  # noqa: E731
     evaluator = Evaluator(Loader(val, 500, mean=mean, std=std))
     training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
-                "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment}
-    result = dynamic_prune(model.cpu().eval(), evaluator, lambda tag, m: run("trial", m, [], tag=tag), config,
+                "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment,
+                **distill}
+    result = dynamic_prune(model.cpu().eval(), evaluator, lambda tag, m: run("trial", m, hooks, tag=tag), config,
                            out_meta, args.out, recover=recover, training=training, device=device)
     test = Evaluator(Loader(ds.test, 500, mean=mean, std=std))
     accuracy = {"original": test.evaluate(model.cpu()).accuracy, "pruned": test.evaluate(result.model).accuracy}
