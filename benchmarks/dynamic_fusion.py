@@ -158,6 +158,8 @@ def main() -> None:
         report["finetuned"] = {}
         # Models fine-tuned longer, or trained from scratch (the finetune stage).
         for path in sorted([*dyn_dir.glob("**/*-ft[0-9]*.pt"), *dyn_dir.glob("**/*-scratch[0-9]*.pt")]):
+            if path.name.startswith("ft-"):
+                continue  # a fine-tune's checkpoint, not a model
             m = load_model(path)[0]
             report["finetuned"][str(path.relative_to(dyn_dir))] = {
                 "epochs": int(re.search(r"\d+$", path.stem).group()), "macs": count_macs(m, (3, 32, 32)),
