@@ -11,19 +11,26 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from _common import CIFAR_JPEG, RESNET20, RESNET56, RUNS, require_shared, save
 
 WEIGHTS = {"resnet20": RESNET20, "resnet56": RESNET56}
-OUT = RUNS / "resnet56-ft"
-MODEL = OUT / "model.pt"
+
+
+def model_file(arch: str) -> Path:
+    """Where `ensure(arch=arch)` leaves the fine-tuned model."""
+    return RUNS / f"{arch}-ft" / "model.pt"
+
+
+MODEL = model_file("resnet56")
 
 
 def ensure(epochs: int = 2, arch: str = "resnet56") -> dict:
     """Fine-tune the ../shared `arch` (resnet20 or resnet56) into runs/<arch>-ft/model.pt, unless it is there."""
     require_shared()
-    out = RUNS / f"{arch}-ft"
-    if not (out / "model.pt").exists():
+    out = model_file(arch).parent
+    if not model_file(arch).exists():
         cmd = [sys.executable, "-m", "cnnzip.cli", "train", "--model", arch, "--weights", str(WEIGHTS[arch]),
                "--norm", "imagenet", "--data", str(CIFAR_JPEG), "--epochs", str(epochs), "--lr", "0.01",
                "--seed", "0", "--out", str(out), "--no-progress"]
@@ -39,8 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     metrics = ensure(args.epochs, args.arch)
     print(f"{args.arch} fine-tuned: test accuracy {metrics['test_acc']:.4f}")
-    save("baseline_resnet56" if args.arch == "resnet56" else f"baseline_{args.arch}", {"test_acc": metrics["test_acc"], "epochs": metrics["epochs"],
-                               "config": metrics["config"]})
+    save("baseline_resnet56" if args.arch == "resnet56" else f"baseline_{args.arch}",
+         {"test_acc": metrics["test_acc"], "epochs": metrics["epochs"], "config": metrics["config"]})
 
 
 if __name__ == "__main__":

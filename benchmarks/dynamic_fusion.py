@@ -32,7 +32,7 @@ import shutil
 import torch
 
 from _common import CIFAR_JPEG, RUNS, save
-from baseline_resnet56 import ensure
+from baseline_resnet56 import ensure, model_file
 from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.distill import Distillation
 from cnnzip.measure import Evaluator, count_macs, count_parameters, run_digest
@@ -79,7 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ensure(arch=args.arch)
     root = RUNS / f"bench-dynamic-{args.arch}"
-    model, meta = load_model(RUNS / f"{args.arch}-ft" / "model.pt")
+    model, meta = load_model(model_file(args.arch))
     ds = load_image_folder(CIFAR_JPEG)
     test, val = train_val_split(ds.test, 5000, seed=0)  # stratified halves (the folder is sorted by class)
     validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
@@ -105,8 +105,8 @@ def main() -> None:
     dyn_dir = root / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
     paper = root / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
-        shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns("fusion-*", "pruned*.pt", "ft-final*", "ft-scratch*",
-                                                                "baseline-*"))
+        shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns(
+            "fusion-*", "pruned*.pt", "ft-final*", "ft-scratch*", "baseline-*"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     control = args.stage == "finetune" and args.finetune_of == "baseline"  # needs no pruned model
     if args.stage in ("dynamic", "finetune", "fusion") and not control:
@@ -173,9 +173,9 @@ def main() -> None:
             rows = []
             for r in state["rows"]:
                 row = dict(r)
-                model_file = state_path.parent / r["file"] if r["file"] else dyn_dir / "pruned.pt"
+                snapshot = state_path.parent / r["file"] if r["file"] else dyn_dir / "pruned.pt"
                 if r["file"] or r["removed"] == 0:
-                    row["test"] = tester.evaluate(load_model(model_file)[0]).accuracy
+                    row["test"] = tester.evaluate(load_model(snapshot)[0]).accuracy
                 rows.append(row)
             report["fusion"][state_path.parent.name] = {"rows": rows, "stopped": state["stopped"],
                                                         "steps": state["steps"]}

@@ -227,8 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--distill", action="store_true", help="fine-tune trials and recoveries with knowledge "
                    "distillation from MODEL (--temperature, --alpha): faster recovery on short budgets; the paper "
                    "uses plain cross-entropy")
-    s.add_argument("--temperature", type=float, default=4.0)
-    s.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    _add_distill_args(s)
     s.add_argument("--lower", type=float, default=0.5, help="initial lower end of the threshold interval")
     s.add_argument("--upper", type=float, default=1.0)
     s.add_argument("--tolerance", type=float, default=0.03, help="stop when the interval is narrower")
@@ -259,8 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-drop", type=float, default=0.03)
     s.add_argument("--loss", choices=["kd", "ce"], default="kd", help="kd: distillation from MODEL (T, alpha); "
                    "ce: plain cross-entropy (ablation)")
-    s.add_argument("--temperature", type=float, default=4.0)
-    s.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    _add_distill_args(s)
     s.add_argument("--no-short", action="store_true", help="skip the short fine-tunes (ablation)")
     s.add_argument("--max-width", type=int, default=None, help="only blocks at most this many channels wide")
     s.add_argument("--max-removals", type=int, default=None)
@@ -878,6 +876,12 @@ def _fingerprint(args, **extra) -> dict:
     if weights is not None:
         fp["weights"] = _file_digest(Path(weights))
     return {**fp, **extra}
+
+
+def _add_distill_args(s) -> None:
+    """The distillation settings (Hinton et al. 2015) shared by the commands that distill."""
+    s.add_argument("--temperature", type=float, default=4.0)
+    s.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
 
 
 def _stage_trainer(args, batches, device, epochs: dict[str, int], on_start=None, **fingerprint):
