@@ -32,8 +32,8 @@ from cnnzip.deep import (
     share_weights,
     sparsity,
 )
+from cnnzip.io import load_model
 from cnnzip.measure import Evaluator
-from cnnzip.modelfile import load_model
 from cnnzip.train import TrainConfig, fit
 
 

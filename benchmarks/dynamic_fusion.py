@@ -35,12 +35,13 @@ from _common import CIFAR_JPEG, RUNS, save
 from baseline_resnet56 import ensure, model_file
 from cnnzip.data import Loader, load_image_folder, train_val_split
 from cnnzip.distill import Distillation
-from cnnzip.measure import Evaluator, count_macs, count_parameters, run_digest
-from cnnzip.modelfile import load_model, save_model
+from cnnzip.finetune import Finetuner
+from cnnzip.io import load_model, save_model
+from cnnzip.measure import Evaluator, count_macs, count_parameters
+from cnnzip.prune.block_removal import BlockRemoval, fresh_copy, remove_thin_blocks
 from cnnzip.prune.dynamic import DynamicPruning, dynamic_prune
-from cnnzip.prune.fusion import LayerFusion, fresh_copy, fuse_layers
 from cnnzip.report import latency_table
-from cnnzip.train import TrainConfig, fit
+from cnnzip.train import TrainConfig
 
 
 def main() -> None:
@@ -86,19 +87,19 @@ def main() -> None:
     tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
     order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
 
-    def trainer(images: int, epochs: int, folder, params_of=None, lr=None):
-        batches = Loader(ds.train.subset(order[:images]), 128, shuffle=True, augment=True, mean=meta.mean,
-                         std=meta.std, seed=0)
+    def trainer(stages: dict, folder, lr=None, hooks=()) -> Finetuner:
+        """stage -> (images, epochs): each stage trains on a fixed subset; checkpoints go to folder/checkpoints."""
+        def batches(images):
+            return Loader(ds.train.subset(order[:images]), 128, shuffle=True, augment=True, mean=meta.mean,
+                          std=meta.std, seed=0)
 
-        def run(tag, m, *rest):
-            params = list(rest[0]) if params_of and rest else None
-            hooks = rest[-1] if rest and isinstance(rest[-1], list) else []
-            fit(m, batches, TrainConfig(epochs=epochs, lr=lr or args.lr, seed=0), hooks=hooks, parameters=params,
-                checkpoint=folder / f"ft-{tag}.pt", progress=False,
-                fingerprint={"images": images, "tag": tag, "start": run_digest(m)})
-            m.cpu().eval()
-            print(f"  fine-tuned {tag}: {validator.evaluate(m).accuracy:.2%} val", flush=True)
-        return run
+        def report(stage, m):
+            print(f"  fine-tuned ({stage}): {validator.evaluate(m.eval()).accuracy:.2%} val", flush=True)
+
+        return Finetuner({s: batches(images) for s, (images, _) in stages.items()},
+                         {s: epochs for s, (_, epochs) in stages.items()}, TrainConfig(lr=lr or args.lr, seed=0),
+                         hooks=hooks, run_dir=folder / "checkpoints", on_end=report,
+                         fingerprint={"images": {s: images for s, (images, _) in stages.items()}})
 
     name = f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}-r{args.recover_epochs}x" \
            f"{args.recover_images}" + ("-kd" if args.distill else "")
@@ -106,19 +107,17 @@ def main() -> None:
     paper = root / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
         shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns(
-            "fusion-*", "pruned*.pt", "ft-final*", "ft-scratch*", "baseline-*"))
+            "fusion-*", "pruned*.pt", "final[0-9]*", "scratch[0-9]*", "baseline-*"))
     config = DynamicPruning(drop=args.drop, iterations=args.iterations)
     control = args.stage == "finetune" and args.finetune_of == "baseline"  # needs no pruned model
     if args.stage in ("dynamic", "finetune", "fusion") and not control:
         teacher = [Distillation(model)] if args.distill else []  # T = 4, alpha = 0.9
-        trial, recover = trainer(args.trial_images, args.epochs, dyn_dir), None
-        if args.recover_epochs:
-            recover_run = trainer(args.recover_images, args.recover_epochs, dyn_dir)
-            recover = lambda tag, m: recover_run(tag, m, teacher)  # noqa: E731
+        finetune = trainer({"trial": (args.trial_images, args.epochs),
+                            "recover": (args.recover_images, args.recover_epochs)}, dyn_dir, hooks=teacher)
         training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
                     "recover_images": args.recover_images, "lr": args.lr, **({"distill": True} if args.distill else {})}
-        dyn = dynamic_prune(model, validator, lambda tag, m: trial(tag, m, teacher), config, meta, dyn_dir,
-                            recover=recover, training=training)
+        dyn = dynamic_prune(model, validator, finetune, config, meta, dyn_dir, recover=args.recover_epochs > 0,
+                            training=training)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
     source = dyn_dir / args.finetune_of
@@ -128,20 +127,20 @@ def main() -> None:
         tuned = copy.deepcopy(model) if args.finetune_of == "baseline" else load_model(source)[0]
         if args.scratch:
             tuned = fresh_copy(tuned, seed=0)
-        trainer(50000, args.final_epochs, source.parent, lr=0.1 if args.scratch else None)(
-            f"{'scratch' if args.scratch else 'final'}{args.final_epochs}-{source.stem}", tuned)
+        trainer({"final": (50000, args.final_epochs)}, source.parent, lr=0.1 if args.scratch else None)(
+            "final", tuned, tag=f"{'scratch' if args.scratch else 'final'}{args.final_epochs}-{source.stem}")
         save_model(final, tuned, meta)
     if args.stage == "fusion":
         short = "noshort" if args.no_short else f"s{args.short_images}x{args.short_epochs}"
         fuse_dir = dyn_dir / (f"fusion-{args.loss}-{short}-l{args.long_images}x{args.long_epochs}-every{args.every}"
                               f"-drop{args.max_drop}-max{args.max_removals}")
-        fusion = LayerFusion(loss=args.loss, long_every=args.every, max_drop=args.max_drop,
+        fusion = BlockRemoval(loss=args.loss, long_every=args.every, max_drop=args.max_drop,
                              short=not args.no_short, max_removals=args.max_removals)
         training = {"short_epochs": args.short_epochs, "short_images": args.short_images,
                     "long_epochs": args.long_epochs, "long_images": args.long_images, "lr": args.lr}
-        result = fuse_layers(dyn.model, validator, trainer(args.short_images, args.short_epochs, fuse_dir, True),
-                             trainer(args.long_images, args.long_epochs, fuse_dir), fusion, meta, fuse_dir,
-                             training=training)
+        finetune = trainer({"short": (args.short_images, args.short_epochs),
+                            "long": (args.long_images, args.long_epochs)}, fuse_dir)
+        result = remove_thin_blocks(dyn.model, validator, finetune, fusion, meta, fuse_dir, training=training)
         for r in result.rows:
             print(r, flush=True)
 
@@ -158,7 +157,7 @@ def main() -> None:
         report["finetuned"] = {}
         # Models fine-tuned longer, or trained from scratch (the finetune stage).
         for path in sorted([*dyn_dir.glob("**/*-ft[0-9]*.pt"), *dyn_dir.glob("**/*-scratch[0-9]*.pt")]):
-            if path.name.startswith("ft-"):
+            if "checkpoints" in path.parts:
                 continue  # a fine-tune's checkpoint, not a model
             m = load_model(path)[0]
             report["finetuned"][str(path.relative_to(dyn_dir))] = {

@@ -14,8 +14,8 @@ import torch
 
 from _common import CIFAR_JPEG, save
 from cnnzip.data import Loader, load_image_folder
+from cnnzip.io import IMAGENET_MEAN, IMAGENET_STD
 from cnnzip.measure import Evaluator
-from cnnzip.modelfile import IMAGENET_MEAN, IMAGENET_STD
 from cnnzip.models import create_model
 
 

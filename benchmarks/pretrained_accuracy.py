@@ -16,8 +16,8 @@ from _common import CIFAR_JPEG, REPO, RESNET20, RESNET56, require_shared, save
 sys.path.insert(0, str(REPO / "tests"))
 from _reference import read_test_images, reference_predictions  # noqa: E402
 from cnnzip.data import Loader, load_image_folder  # noqa: E402
+from cnnzip.io import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from cnnzip.measure import Evaluator  # noqa: E402
-from cnnzip.modelfile import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from cnnzip.models import create_model, load_weights  # noqa: E402
 
 

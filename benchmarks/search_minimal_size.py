@@ -25,8 +25,8 @@ from _common import CIFAR_JPEG, RESULTS, RUNS, save
 from baseline_resnet56 import MODEL as RESNET56_FT
 from baseline_resnet56 import ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
+from cnnzip.io import ModelMeta, load_model
 from cnnzip.measure import Evaluator
-from cnnzip.modelfile import ModelMeta, load_model
 from cnnzip.search import Pipeline, SearchConfig, margin_sweep, plot_margin_sweep, replay, search
 from cnnzip.search.plots import can_plot
 

@@ -22,8 +22,8 @@ import torch
 from _common import CIFAR_JPEG, RESULTS, RUNS, save
 from baseline_resnet56 import MODEL, ensure
 from cnnzip.data import Loader, load_image_folder, train_val_split
+from cnnzip.io import load_model
 from cnnzip.measure import Evaluator
-from cnnzip.modelfile import load_model
 from cnnzip.prune import ChannelPruning, prune_channels, prune_to_macs
 from cnnzip.report import describe, format_table, latency_table
 from cnnzip.train import TrainConfig, fit

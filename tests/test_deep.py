@@ -25,7 +25,7 @@ from cnnzip.deep import (
     sparsity,
 )
 from cnnzip.errors import ConfigError, ModelError
-from cnnzip.modelfile import ModelMeta, load_any
+from cnnzip.io import ModelMeta, load_any
 from cnnzip.models import create_model, list_models
 from cnnzip.train import TrainConfig, fit
 

@@ -14,13 +14,20 @@ from cnnzip.data import Loader, load_digits, train_val_split
 from cnnzip.deep import WeightSharing, load_compressed, save_compressed, share_weights
 from cnnzip.distill import Distillation, distillation_loss
 from cnnzip.errors import ConfigError
+from cnnzip.io import ModelMeta, layer_widths, load_model, save_model
 from cnnzip.measure import Evaluator, count_macs
-from cnnzip.modelfile import ModelMeta, layer_widths, load_model, save_model
 from cnnzip.models import RemovedBlock, create_model, remove_blocks
 from cnnzip.prune import analyze
+from cnnzip.prune.block_removal import (
+    BlockRemoval,
+    choose_blocks,
+    depth,
+    fresh_copy,
+    remove_thin_blocks,
+    residual_blocks,
+)
 from cnnzip.prune.channel_sparsity import channel_sparsity
 from cnnzip.prune.dynamic import DynamicPruning, ThresholdSearch, dynamic_prune, sparsity_plan
-from cnnzip.prune.fusion import LayerFusion, choose_blocks, depth, fresh_copy, fuse_layers, residual_blocks
 from cnnzip.train import TrainConfig, fit
 
 SHAPE = (1, 8, 8)
@@ -80,7 +87,8 @@ def test_dynamic_pruning_shrinks_inner_widths_meets_the_target_and_resumes(digit
     model, batches, val, meta = digits
     tags = []
 
-    def finetune(tag, m):
+    def finetune(stage, m, hooks=(), *, tag=None, parameters=None):
+        assert stage in ("trial", "recover") and (stage == "recover") == tag.endswith("-recover")
         tags.append(tag)
         fit(m, batches, TrainConfig(epochs=1, lr=0.01), progress=False)
 
@@ -92,11 +100,11 @@ def test_dynamic_pruning_shrinks_inner_widths_meets_the_target_and_resumes(digit
     assert all(after[f"layer{s}.{b}.conv2"][1] == before[f"layer{s}.{b}.conv2"][1] for s in (1, 2, 3) for b in (0, 1, 2))
     assert any(after[n][1] < before[n][1] for n in after if n.endswith("conv1") and n != "conv1")
     # The trials follow the threshold rule: each iteration's thresholds replay a ThresholdSearch.
-    for it in {t["iteration"] for t in result.trials}:
+    for it in {t.iteration for t in result.trials}:
         search = ThresholdSearch(0.5, 1.0)
-        for t in [t for t in result.trials if t["iteration"] == it]:
-            assert t["threshold"] == round(search.current, 6)
-            search.feedback(t["passed"])
+        for t in [t for t in result.trials if t.iteration == it]:
+            assert t.threshold == round(search.current, 6)
+            search.feedback(t.passed)
     # The saved result reloads; a rerun resumes from state.json without fine-tuning again.
     loaded, _ = load_model(result.path)
     assert val.evaluate(loaded).accuracy == result.accuracy
@@ -189,7 +197,7 @@ def test_fused_model_saves_and_reloads_in_a_fresh_process(tmp_path):
     path = save_model(tmp_path / "fused.pt", model, meta)
     x = torch.randn(2, 3, 32, 32)
     torch.save(x, tmp_path / "x.pt")
-    script = (f"import torch; from cnnzip.modelfile import load_model; m, _ = load_model(r'{path}'); "
+    script = (f"import torch; from cnnzip.io import load_model; m, _ = load_model(r'{path}'); "
               f"torch.save(m(torch.load(r'{tmp_path / 'x.pt'}')).detach(), r'{tmp_path / 'y.pt'}')")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     with torch.no_grad():
@@ -205,18 +213,18 @@ def test_layer_fusion_end_to_end_with_snapshots_ablations_and_resume(digits, tmp
     model, batches, val, meta = digits
     calls = []
 
-    def short(tag, m, params, hooks):
-        params = list(params)
-        names = {n for n, p in m.named_parameters() if any(p is q for q in params)}
-        calls.append((tag, sorted({n.rsplit(".", 2)[0] for n in names}), [type(h).__name__ for h in hooks]))
-        fit(m, batches, TrainConfig(epochs=1, lr=0.01), parameters=params, hooks=hooks, progress=False)
+    def finetune(stage, m, hooks=(), *, tag=None, parameters=None):
+        assert tag.startswith(stage) and (parameters is None) == (stage == "long")
+        if stage == "short":
+            names = {n for n, p in m.named_parameters() if any(p is q for q in parameters)}
+            calls.append((tag, sorted({n.rsplit(".", 2)[0] for n in names}), [type(h).__name__ for h in hooks]))
+            fit(m, batches, TrainConfig(epochs=1, lr=0.01), parameters=parameters, hooks=hooks, progress=False)
+        else:
+            calls.append((tag, None, [type(h).__name__ for h in hooks]))
+            fit(m, batches, TrainConfig(epochs=2, lr=0.01), hooks=hooks, progress=False)
 
-    def long(tag, m, hooks):
-        calls.append((tag, None, [type(h).__name__ for h in hooks]))
-        fit(m, batches, TrainConfig(epochs=2, lr=0.01), hooks=hooks, progress=False)
-
-    config = LayerFusion(long_every=2, max_drop=0.05, max_removals=4)
-    result = fuse_layers(model, val, short, long, config, meta, tmp_path / "kd")
+    config = BlockRemoval(long_every=2, max_drop=0.05, max_removals=4)
+    result = remove_thin_blocks(model, val, finetune, config, meta, tmp_path / "kd")
     rows = result.rows
     assert rows[0]["removed"] == 0 and rows[0]["depth"] == 20
     assert [c[0] for c in calls][:3] == ["short-1", "short-2", "long-2"]
@@ -227,12 +235,12 @@ def test_layer_fusion_end_to_end_with_snapshots_ablations_and_resume(digits, tmp
     assert val.evaluate(result.model).accuracy == kept[-1]["accuracy"]
     assert count_macs(result.model, SHAPE) == kept[-1]["macs"]
     n = len(calls)
-    again = fuse_layers(model, val, short, long, config, meta, tmp_path / "kd")  # resumes: nothing to redo
+    again = remove_thin_blocks(model, val, finetune, config, meta, tmp_path / "kd")  # resumes: nothing to redo
     assert len(calls) == n and again.rows == rows
 
     calls.clear()
-    fuse_layers(model, val, short, long, LayerFusion(loss="ce", short=False, long_every=2, max_removals=2), meta,
-                tmp_path / "ce")
+    remove_thin_blocks(model, val, finetune, BlockRemoval(loss="ce", short=False, long_every=2, max_removals=2), meta,
+                       tmp_path / "ce")
     assert calls == [("long-2", None, [])]
 
     fresh = fresh_copy(result.model)
@@ -255,35 +263,36 @@ def test_killed_runs_resume_to_the_same_result(digits, tmp_path):
     def dying(after):
         calls = []
 
-        def hook(*args):
-            calls.append(args[0])
+        def hook(tag):
+            calls.append(tag)
             if len(calls) == after:
                 raise Killed
         return hook
 
     config = DynamicPruning(drop=0.02, iterations=1, tolerance=0.1)
-    whole = dynamic_prune(model, val, lambda tag, m: tune(m), config, meta, tmp_path / "d1")
-    die = dying(2)
+    def finetune(stage, m, hooks=(), *, tag=None, parameters=None):
+        tune(m, parameters, hooks)
+
+    def dying_finetune(after):
+        die = dying(after)
+
+        def run(stage, m, hooks=(), *, tag=None, parameters=None):
+            die(tag)
+            finetune(stage, m, hooks, tag=tag, parameters=parameters)
+        return run
+
+    whole = dynamic_prune(model, val, finetune, config, meta, tmp_path / "d1")
     with pytest.raises(Killed):
-        dynamic_prune(model, val, lambda tag, m: (die(tag), tune(m)), config, meta, tmp_path / "d2")
-    resumed = dynamic_prune(model, val, lambda tag, m: tune(m), config, meta, tmp_path / "d2")
+        dynamic_prune(model, val, dying_finetune(2), config, meta, tmp_path / "d2")
+    resumed = dynamic_prune(model, val, finetune, config, meta, tmp_path / "d2")
     assert resumed.trials == whole.trials and resumed.macs == whole.macs
 
-    fusion = LayerFusion(long_every=2, max_drop=0.5, max_removals=2)
-
-    def short(tag, m, params, hooks):
-        tune(m, list(params), hooks)
-
-    def long(tag, m, hooks):
-        tune(m, None, hooks)
-
+    fusion = BlockRemoval(long_every=2, max_drop=0.5, max_removals=2)
     pruned = whole.model
-    full = fuse_layers(pruned, val, short, long, fusion, meta, tmp_path / "f1")
-    die = dying(3)  # the long fine-tune after two removals
-    with pytest.raises(Killed):
-        fuse_layers(pruned, val, lambda *a: (die(a[0]), short(*a)), lambda *a: (die(a[0]), long(*a)), fusion, meta,
-                    tmp_path / "f2")
-    again = fuse_layers(pruned, val, short, long, fusion, meta, tmp_path / "f2")
+    full = remove_thin_blocks(pruned, val, finetune, fusion, meta, tmp_path / "f1")
+    with pytest.raises(Killed):  # in the long fine-tune after two removals
+        remove_thin_blocks(pruned, val, dying_finetune(3), fusion, meta, tmp_path / "f2")
+    again = remove_thin_blocks(pruned, val, finetune, fusion, meta, tmp_path / "f2")
     assert [(r["removed"], r["depth"], r["macs"]) for r in again.rows] == \
         [(r["removed"], r["depth"], r["macs"]) for r in full.rows]
     assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in full.rows]
@@ -293,16 +302,17 @@ def test_recover_trains_each_winner_before_the_next_iteration_and_resumes(digits
     model, batches, val, meta = digits
     tags = []
 
-    def finetune(tag, m):
+    def finetune(stage, m, hooks=(), *, tag=None, parameters=None):
+        assert stage in ("trial", "recover") and (stage == "recover") == tag.endswith("-recover")
         tags.append(tag)
         fit(m, batches, TrainConfig(epochs=1, lr=0.01), progress=False)
 
     config = DynamicPruning(drop=0.02, iterations=2)
     first = dynamic_prune(model, val, finetune, DynamicPruning(drop=0.02, iterations=1), meta, tmp_path,
-                          recover=finetune)
+                          recover=True)
     assert set(first.recovered) == {"0"}
     # More iterations extend the run: the first is resumed, not redone.
-    result = dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune)
+    result = dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=True)
     assert not any(t.startswith("it1-") for t in tags[:tags.index("it0-recover")])
     assert [t for t in tags if t.startswith("it0-")] == [t for t in tags[:tags.index("it0-recover") + 1]]
     assert len([t for t in tags if t == "it0-recover"]) == 1
@@ -312,28 +322,28 @@ def test_recover_trains_each_winner_before_the_next_iteration_and_resumes(digits
     assert all(tags.index(f"it{it}-recover") < min((i for i, t in enumerate(tags) if t.startswith(f"it{it + 1}-")),
                                                     default=len(tags)) for it in map(int, result.recovered))
     last = result.recovered[max(result.recovered, key=int)]
-    assert last["accuracy"] == max(last["before"], last["after"]) == result.accuracy
+    assert last.accuracy == max(last.before, last.after) == result.accuracy
     assert val.evaluate(load_model(result.path)[0]).accuracy == result.accuracy
     # The last recovered file is the result, tensor for tensor.
-    kept = load_model(tmp_path / last["model"])[0].state_dict()
+    kept = load_model(tmp_path / last.model)[0].state_dict()
     assert kept.keys() == result.model.state_dict().keys()
     assert all(torch.equal(kept[k], v) for k, v in result.model.state_dict().items())
     tags.clear()
-    assert dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune).accuracy == result.accuracy
+    assert dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=True).accuracy == result.accuracy
     assert tags == []
     # The extended run is the run that asked for 2 iterations from the start.
-    fresh = dynamic_prune(model, val, finetune, config, meta, tmp_path / "fresh", recover=finetune)
-    assert [(t["iteration"], t["threshold"], t["removed"], t["accuracy"]) for t in fresh.trials] == \
-        [(t["iteration"], t["threshold"], t["removed"], t["accuracy"]) for t in result.trials]
+    fresh = dynamic_prune(model, val, finetune, config, meta, tmp_path / "fresh", recover=True)
+    assert [(t.iteration, t.threshold, t.removed, t.accuracy) for t in fresh.trials] == \
+        [(t.iteration, t.threshold, t.removed, t.accuracy) for t in result.trials]
     assert all(torch.equal(fresh.model.state_dict()[k], v) for k, v in result.model.state_dict().items())
     with pytest.raises(ConfigError, match="other settings"):  # a run without recovery is another run
         dynamic_prune(model, val, finetune, config, meta, tmp_path)
     with pytest.raises(ConfigError, match="other settings"):  # only the iterations are free, not the target
-        dynamic_prune(model, val, finetune, replace(config, drop=0.03), meta, tmp_path, recover=finetune)
+        dynamic_prune(model, val, finetune, replace(config, drop=0.03), meta, tmp_path, recover=True)
     with pytest.raises(ConfigError, match="other settings"):  # nor the fine-tunes
-        dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=finetune, training={"epochs": 2})
+        dynamic_prune(model, val, finetune, config, meta, tmp_path, recover=True, training={"epochs": 2})
     with pytest.raises(ConfigError, match="already holds 2 iterations"):  # fewer would overwrite the result
-        dynamic_prune(model, val, finetune, replace(config, iterations=1), meta, tmp_path, recover=finetune)
+        dynamic_prune(model, val, finetune, replace(config, iterations=1), meta, tmp_path, recover=True)
 
 
 def test_dynamic_pruning_on_densenet_prunes_output_channels_and_every_reader(tmp_path):
@@ -347,14 +357,14 @@ def test_dynamic_pruning_on_densenet_prunes_output_channels_and_every_reader(tmp
     evaluator = Evaluator(Loader(val, 500, mean=ds.mean, std=ds.std))
     meta = ModelMeta(ds.mean, ds.std, SHAPE, ds.classes)
     config = DynamicPruning(drop=0.5, iterations=1, lower=0.2, tolerance=0.1)
-    result = dynamic_prune(model, evaluator, lambda tag, m: None, config, meta, tmp_path)
+    result = dynamic_prune(model, evaluator, lambda *args, **kwargs: None, config, meta, tmp_path)
     before, after = layer_widths(model), layer_widths(result.model)
     # A dense layer's new channels are read by every later layer of its block (a concatenation): when a conv
     # loses output channels, each reader's BN and conv lose the same inputs.
     convs = [n for n, w in before.items() if len(w) == 3]  # layer_widths of a conv: [in, out, groups]
-    best = min((t for t in result.trials if t["passed"] and t["removed"]), key=lambda t: t["macs"])
-    assert sum(before[n][1] - after[n][1] for n in convs) == best["removed"] > 0
-    assert result.macs[1] == best["macs"] < result.macs[0]
+    best = min((t for t in result.trials if t.passed and t.removed), key=lambda t: t.macs)
+    assert sum(before[n][1] - after[n][1] for n in convs) == best.removed > 0
+    assert result.macs[1] == best.macs < result.macs[0]
     readers = [n for n in convs if n.startswith("dense") and n.endswith(".conv1")]
     assert any(after[n][0] < before[n][0] for n in readers)
     assert all(before[n][0] - after[n][0] == before[n.replace("conv1", "bn1")][0] - after[n.replace("conv1", "bn1")][0]

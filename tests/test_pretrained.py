@@ -5,8 +5,8 @@ import torch
 
 from _reference import ARCHIVE, SHARED, read_test_images, reference_predictions
 from cnnzip.data import Loader, load_image_folder
+from cnnzip.io import IMAGENET_MEAN, IMAGENET_STD
 from cnnzip.measure import Evaluator
-from cnnzip.modelfile import IMAGENET_MEAN, IMAGENET_STD
 from cnnzip.models import create_model, load_weights
 
 pytestmark = [pytest.mark.shared,

@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 from cnnzip.errors import ConfigError
+from cnnzip.io import ModelMeta, layer_widths, load_model, save_model
 from cnnzip.measure import count_macs, count_parameters
-from cnnzip.modelfile import ModelMeta, load_model, save_model
 from cnnzip.models import create_model, list_models
 from cnnzip.prune import (
     ChannelPruning,
     SparsityHook,
     analyze,
+    apply_plan,
     check_equivalent,
     fpgm,
     l1_norm,
@@ -259,10 +260,33 @@ def test_config_errors():
         ChannelPruning(ratio=1.0)
     with pytest.raises(ConfigError):
         ChannelPruning(ratio=0.5, threshold=0.1)
-    with pytest.raises(ConfigError, match="ratio or a threshold"):
+    with pytest.raises(ConfigError, match="a ratio, a threshold or widths"):
         plan_channels(analyze(create_model("small_cnn"), X), ChannelPruning())
     with pytest.raises(ConfigError):
         ChannelPruning(method="magic")
+
+
+def test_widths_keep_exactly_that_many_channels_chosen_by_importance():
+    """PCA-style width selection: "this layer keeps k channels", the importance picks which."""
+    model = _randomise_bn(create_model("resnet20", width=0.5))
+    graph = analyze(model, X)
+    config = ChannelPruning(method="l1", widths={"layer1.0.conv1": 3, r"layer3\..\.conv1": 20})
+    result = apply_plan(graph, plan_channels(graph, config))
+    widths = layer_widths(result.model)
+    assert widths["layer1.0.conv1"][1] == 3 and widths["layer1.0.bn1"] == [3] and widths["layer1.0.conv2"][0] == 3
+    assert all(widths[f"layer3.{i}.conv1"][1] == 20 for i in range(3))
+    assert widths["layer1.1.conv1"][1] == 8  # not named: untouched
+    assert result.max_error <= 1e-9
+    # The channels kept are the most important ones of that layer.
+    w = model.layer1[0].conv1.weight.detach()
+    kept = torch.argsort(w.abs().sum(dim=(1, 2, 3)), descending=True)[:3].sort().values
+    assert torch.equal(result.model.layer1[0].conv1.weight, w[kept])
+    with pytest.raises(ConfigError, match="names no prunable layer"):
+        plan_channels(graph, ChannelPruning(widths={"layer9.conv": 2}))
+    with pytest.raises(ConfigError, match="fewer than the 99"):
+        plan_channels(graph, ChannelPruning(widths={"layer1.0.conv1": 99}))
+    with pytest.raises(ConfigError, match="one way"):
+        ChannelPruning(ratio=0.2, widths={"layer1.0.conv1": 3})
 
 
 def test_prune_to_macs_hits_the_target():
@@ -299,7 +323,7 @@ def test_pruned_model_reloads_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         expected = result.model.eval()(x)
     script = (
-        "import sys, torch; from cnnzip.modelfile import load_model; "
+        "import sys, torch; from cnnzip.io import load_model; "
         f"m, _ = load_model(r'{path}'); x = torch.load(r'{tmp_path / 'x.pt'}'); "
         f"torch.save(m(x).detach(), r'{tmp_path / 'y.pt'}')"
     )

@@ -8,8 +8,8 @@ import torch
 
 from cnnzip.data import Loader, load_digits, train_val_split
 from cnnzip.errors import ConfigError
+from cnnzip.io import ModelMeta, load
 from cnnzip.measure import Evaluator
-from cnnzip.modelfile import ModelMeta, load
 from cnnzip.models import create_model
 from cnnzip.search import (
     BudgetExhausted,

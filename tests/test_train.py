@@ -152,3 +152,93 @@ def test_fit_trains_only_the_given_parameters():
     last = model[3].weight.detach().clone()
     fit(model, Batches(), TrainConfig(epochs=1, lr=0.1), parameters=model[0].parameters(), progress=False)
     assert torch.equal(model[3].weight, last)
+
+
+class FeatureMatch(TrainHook):
+    """Pulls the hidden layer's mean activation towards a learned target: reads features, owns a parameter."""
+
+    features = ("1",)
+
+    def __init__(self):
+        self.target = nn.Parameter(torch.tensor(3.0))
+        self.seen = []
+
+    def parameters(self):
+        return [self.target]
+
+    def loss(self, model, inputs, logits, targets, features):
+        self.seen.append((inputs.detach(), features["1"].detach()))
+        return (features["1"].mean() - self.target) ** 2 + 0.1 * self.target ** 2
+
+
+def test_hooks_read_features_by_layer_name_and_train_their_own_parameters():
+    model, hook = _model(), FeatureMatch()
+    fit(model, Batches(), TrainConfig(epochs=2, lr=0.05, weight_decay=0), hooks=[hook], progress=False)
+    x, hidden = hook.seen[0]
+    # The features are the named layer's output (here the ReLU after the first linear) for that very batch.
+    first = _model()
+    assert torch.allclose(hidden, first[1](first[0](x)))
+    assert float(hook.target.detach()) < 3.0  # the hook's own parameter was trained by the same optimizer
+    with pytest.raises(ConfigError, match="no layer 'nope'"):
+        bad = FeatureMatch()
+        bad.features = ("nope",)
+        fit(_model(), Batches(), TrainConfig(epochs=1), hooks=[bad], progress=False)
+
+
+def test_a_hook_parameter_survives_a_resume(tmp_path):
+    whole_model, whole_hook = _model(), FeatureMatch()
+    fit(whole_model, Batches(), TrainConfig(epochs=3, lr=0.05), hooks=[whole_hook], progress=False)
+
+    class Killed(Exception):
+        pass
+
+    class Kill(TrainHook):
+        def __init__(self, at=None):
+            self.at = at
+
+        def epoch_end(self, model, epoch, metrics):
+            if epoch == self.at:
+                raise Killed
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        fit(_model(), Batches(), TrainConfig(epochs=3, lr=0.05), hooks=[FeatureMatch(), Kill(at=1)], checkpoint=ckpt,
+            progress=False)
+    # The checkpoint after the first epoch holds the hook's parameter; a fresh hook resumes from it, not from 3.0.
+    model, hook = _model(), FeatureMatch()
+    fit(model, Batches(), TrainConfig(epochs=3, lr=0.05), hooks=[hook, Kill()], checkpoint=ckpt,
+        progress=False)
+    assert torch.equal(hook.target, whole_hook.target)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), whole_model.state_dict().values(),
+                                                 strict=True))
+
+
+def test_finetuner_trains_the_stages_asked_for_and_resumes_each_call(tmp_path):
+    from cnnzip.finetune import Finetuner
+
+    class Count(TrainHook):
+        def __init__(self):
+            self.steps = 0
+
+        def after_step(self, model):
+            self.steps += 1
+
+    always, extra = Count(), Count()
+    tuner = Finetuner({"short": Batches(n=64), "long": Batches()}, {"short": 1, "long": 2, "off": 0},
+                      TrainConfig(lr=0.05), hooks=[always], run_dir=tmp_path, fingerprint={"data": "toy"})
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    tuner("off", model, [extra])
+    tuner("unknown", model)
+    assert always.steps == 0 and all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+    tuner("short", model, [extra], tag="short-1")
+    assert always.steps == extra.steps == 64 // 32  # one epoch of the short stage's own batches, both hooks
+    tuner("long", model, tag="long-1")
+    assert always.steps == 2 + 2 * (256 // 32)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.pt")) == ["long", "short"]
+    # The same call from the same starting weights resumes its finished checkpoint instead of training again.
+    again = _model()
+    tuner("short", again, [extra], tag="short-1")
+    assert always.steps == 2 + 2 * (256 // 32)
+    with pytest.raises(ConfigError, match="0 \\(none\\) or more"):
+        Finetuner(Batches(), {"short": -1})

@@ -32,6 +32,7 @@ __all__ = [
     "footprint",
     "measure_latency",
     "required_correct",
+    "target_accuracy",
     "time_calls",
     "run_digest",
 ]
@@ -165,6 +166,16 @@ def time_calls(fn, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def target_accuracy(target: float | None, drop: float | None, baseline: float) -> float:
+    """The absolute accuracy to meet: `target`, or `drop` below the baseline; above the baseline is refused."""
+    accuracy = target if target is not None else baseline - drop
+    if accuracy > baseline:
+        raise ConfigError(f"the target accuracy {accuracy:.2%} is above the model's own validation accuracy "
+                          f"{baseline:.2%}: no compressed model can meet it. Lower the target, or give it as a "
+                          "drop from the baseline (--drop)")
+    return accuracy
 
 
 def required_correct(target: float, total: int) -> int:

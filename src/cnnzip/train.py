@@ -8,12 +8,9 @@ killed at any moment resumes from its last finished epoch and ends with the same
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .io import atomic_save, differences
 from .measure import Evaluator
 
-__all__ = ["TrainConfig", "TrainHook", "TrainResult", "fit", "select_device", "cosine_lr", "atomic_save",
-           "atomic_write_bytes"]
+__all__ = ["TrainConfig", "TrainHook", "TrainResult", "fit", "select_device", "cosine_lr", "capture_features"]
 
 
 @dataclass(frozen=True)
@@ -62,16 +59,25 @@ class TrainConfig:
 class TrainHook:
     """Extension points of `fit`. Override only what a method needs; every default does nothing.
 
-    - `loss`: an extra term added to the cross-entropy (sparsity penalty, distillation).
+    - `loss`: an extra term added to the cross-entropy (sparsity penalty, distillation). A hook that lists
+      layer names in `features` also gets those layers' outputs of this batch, `features={name: tensor}`
+      (feature and relation distillation, activation statistics).
+    - `parameters`: tensors the hook itself learns (an adapter, a learned quantization scale); `fit` trains
+      them beside the model's and keeps their values and optimizer state in its checkpoint.
     - `after_backward`: edit gradients before the optimizer step (slimming's subgradient, fixed masks).
     - `after_step`: edit weights after the step (re-apply masks, clamp).
     - `epoch_end`: observe metrics; return True to stop training early.
-    A hook with state that must survive a resume implements `state_dict` / `load_state_dict`.
+    Other state that must survive a resume: implement `state_dict` / `load_state_dict` (plain data and tensors).
     """
+
+    features: tuple[str, ...] = ()
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor,
              targets: torch.Tensor) -> torch.Tensor | None:
         return None
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return ()
 
     def after_backward(self, model: nn.Module) -> None:
         return None
@@ -87,6 +93,25 @@ class TrainHook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+
+@contextlib.contextmanager
+def capture_features(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, the dict holds the latest output of each named layer of `model` (forward hooks)."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in dict.fromkeys(names):
+            try:
+                module = model.get_submodule(name)
+            except AttributeError as exc:
+                raise ConfigError(f"the model has no layer {name!r} to read features from") from exc
+            handles.append(module.register_forward_hook(
+                lambda _m, _inputs, output, name=name: captured.__setitem__(name, output)))
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _Batches(Protocol):
@@ -141,49 +166,6 @@ def cosine_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a kill never leaves a half-written file."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def resume_state(path: str | Path, fresh: dict[str, Any], what: str, free: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The saved run state at `path` if there is one, else `fresh`. A saved state whose "config" differs from
-    fresh["config"] (settings, and the digest of model and data) is refused rather than resumed; the settings
-    named in `free` may differ (they extend a run rather than change it) and take their new values."""
-    path = Path(path)
-    if not path.exists():
-        return fresh
-    saved = json.loads(path.read_text())
-    config = saved.get("config")
-    if not isinstance(config, dict) or {k: v for k, v in config.items() if k not in free} != \
-            {k: v for k, v in fresh["config"].items() if k not in free}:
-        raise ConfigError(f"{path.parent} holds a {what} with other settings, another model or other validation "
-                          "data; use the same ones to resume it, or another directory")
-    config.update({k: fresh["config"][k] for k in free if k in fresh["config"]})
-    return saved
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename, like `atomic_save`."""
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def _atomic_write(path: str | Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def fit(
     model: nn.Module,
     batches: _Batches,
@@ -210,10 +192,17 @@ def fit(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
-    if not params:
+    hook_params = [p for h in hooks for p in h.parameters()]
+    for p in hook_params:
+        p.data = p.data.to(device)
+    if not params and not hook_params:
         raise ConfigError("nothing to train: no parameter requires gradients")
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+    groups = [{"params": params}] + ([{"params": hook_params}] if hook_params else [])
+    optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
+    features = [n for h in hooks for n in h.features]
+    with capture_features(model, features):  # every name checked before any work
+        pass
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps_per_epoch = len(batches)
@@ -224,6 +213,8 @@ def fit(
     start_epoch = 0
     identity = {"fingerprint": fingerprint or {}, "hooks": [type(h).__name__ for h in hooks],
                 "trained": [n for n, p in model.named_parameters() if any(p is q for q in params)]}
+    if hook_params:  # (only then: checkpoints of runs without hook parameters keep their identity)
+        identity["hook_parameters"] = [list(p.shape) for p in hook_params]
     if checkpoint is not None and Path(checkpoint).exists():
         start_epoch, stopped = _resume(Path(checkpoint), model, optimizer, scaler, hooks, config, identity, result)
         if stopped:
@@ -234,7 +225,7 @@ def fit(
         if hasattr(batches, "set_epoch"):
             batches.set_epoch(epoch)
         metrics = _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch,
-                               steps_per_epoch, use_amp, progress)
+                               steps_per_epoch, use_amp, progress, features)
         if evaluator is not None:
             metrics["val_acc"] = evaluator.evaluate(model).accuracy
         result.history.append(metrics)
@@ -245,6 +236,7 @@ def fit(
                 "epoch": epoch + 1, "config": asdict(config), "history": result.history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
+                "hook_parameters": [p.detach().cpu() for p in hook_params],
             }, checkpoint)
         if stop:
             break
@@ -252,7 +244,7 @@ def fit(
 
 
 def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch, steps_per_epoch,
-                 use_amp, progress) -> dict[str, float]:
+                 use_amp, progress, features) -> dict[str, float]:
     model.train()
     total_loss = 0.0
     correct = seen = 0
@@ -263,11 +255,15 @@ def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch
             group["lr"] = cosine_lr(config, epoch * steps_per_epoch + i, steps_per_epoch)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext():
+        with (torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext(),
+              capture_features(model, features) as captured):
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             for hook in hooks:
-                extra = hook.loss(model, x, logits, y)
+                if hook.features:
+                    extra = hook.loss(model, x, logits, y, features={n: captured[n] for n in hook.features})
+                else:
+                    extra = hook.loss(model, x, logits, y)
                 if extra is not None:
                     loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
@@ -301,26 +297,24 @@ def _progress(batches, epoch, epochs, total, enabled):
 
 def _resume(path: Path, model, optimizer, scaler, hooks, config, identity, result) -> tuple[int, bool]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ConfigError(f"cannot read the training checkpoint {path}: {exc}. Delete it to start over.") from exc
+        raise ConfigError(f"cannot read the training checkpoint {path}: it is damaged, or not a checkpoint cnnzip "
+                          "wrote (files that would run code are refused). Delete it to start over.") from exc
     if not isinstance(state, dict) or state.get("format") != "cnnzip.train-checkpoint":
         raise ConfigError(f"{path} is not a cnnzip training checkpoint; delete it or choose another run directory")
-    saved = state["config"]
-    ours = asdict(config)
     # Any change (even of `epochs`, which shapes the schedule) would make the resumed run a different run.
-    diff = {k for k in ours if saved.get(k) != ours[k]}
+    diff = differences(state["config"], asdict(config))
     if diff:
-        names = ", ".join(f"{k}: {saved.get(k)} -> {ours[k]}" for k in sorted(diff))
+        names = ", ".join(f"{k}: {state['config'].get(k)} -> {asdict(config).get(k)}" for k in diff)
         raise ConfigError(f"the checkpoint {path} was made with other settings ({names}); use the same settings "
                           "to resume, or a fresh run directory")
-    if state.get("identity", identity) != identity:  # checkpoints from before run identities have none
-        saved_id, ours_id = state.get("identity") or {}, identity
-        what = [k for k in ours_id if saved_id.get(k) != ours_id[k]]
-        detail = what[0] if what else "identity"
+    saved_id = state.get("identity", identity)  # checkpoints from before run identities have none
+    what = differences(saved_id, identity)
+    if what:
+        detail = what[0]
         if detail == "fingerprint":
-            fp_s, fp_o = saved_id.get("fingerprint", {}), ours_id["fingerprint"]
-            detail = ", ".join(k for k in sorted(set(fp_s) | set(fp_o)) if fp_s.get(k) != fp_o.get(k))
+            detail = ", ".join(differences(saved_id.get("fingerprint", {}), identity["fingerprint"]))
         raise ConfigError(f"the checkpoint {path} belongs to another run (it differs in: {detail}); resume with the "
                           "same model, data and options, or use a fresh run directory")
     try:
@@ -333,6 +327,10 @@ def _resume(path: Path, model, optimizer, scaler, hooks, config, identity, resul
                           "use a fresh run directory") from exc
     for hook, hook_state in zip(hooks, state.get("hooks", []), strict=True):
         hook.load_state_dict(hook_state)
+    with torch.no_grad():
+        for p, saved in zip((p for h in hooks for p in h.parameters()), state.get("hook_parameters", []),
+                            strict=True):
+            p.copy_(saved)
     result.history.extend(state["history"])
     result.resumed_from_epoch = int(state["epoch"])
     return result.resumed_from_epoch, bool(state.get("stopped", False))

@@ -5,7 +5,7 @@
     model, meta = load_compressed("model.cnnz")                   # bit-exact weights
 """
 
-from .fileformat import LayerSize, SizeReport, is_compressed_file, load_compressed, save_compressed
+from .fileformat import LayerSize, SizeReport, load_compressed, save_compressed
 from .huffman import HuffmanStream, entropy_bits
 from .magnitude import (
     MagnitudePruning,
@@ -21,7 +21,7 @@ from .pipeline import deep_compress
 from .sharing import Codebook, SharedWeightsHook, WeightSharing, codebooks_of, kmeans_1d, share_weights
 
 __all__ = [
-    "LayerSize", "SizeReport", "is_compressed_file", "load_compressed", "save_compressed",
+    "LayerSize", "SizeReport", "load_compressed", "save_compressed",
     "HuffmanStream", "entropy_bits",
     "MagnitudePruning", "MaskHook", "apply_masks", "iterative_prune", "magnitude_masks", "prunable_weights",
     "prune_magnitude", "sparsity",

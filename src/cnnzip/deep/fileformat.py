@@ -35,14 +35,22 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..train import atomic_write_bytes
+from ..io import (
+    ModelMeta,
+    atomic_write_bytes,
+    check_probe,
+    layer_widths,
+    probe_output,
+    rebuild,
+    register_format,
+)
+from ..models import load_weights, removed_blocks
 from .huffman import HuffmanStream, entropy_bits
 from .runs import decode_runs, encode_runs
 from .sharing import Codebook
 from .sparse_index import decode_positions, encode_positions
 
-__all__ = ["MAGIC", "LayerSize", "SizeReport", "save_compressed", "load_compressed", "is_compressed_file",
-           "encode_layer", "decode_layer"]
+__all__ = ["MAGIC", "LayerSize", "SizeReport", "save_compressed", "load_compressed", "encode_layer", "decode_layer"]
 
 MAGIC = b"CNNZDC"
 VERSION = 1
@@ -156,9 +164,6 @@ def decode_layer(layout: str, streams: dict[str, HuffmanStream], centroids: torc
 def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codebook], meta,
                     *, gap_bits_conv: int = 8, gap_bits_fc: int = 5) -> SizeReport:
     """Write the weight-shared `model` (its `books` from `share_weights`) as a compressed file; return sizes."""
-    from ..modelfile import _probe_output, layer_widths
-    from ..models import removed_blocks
-
     modules = dict(model.named_modules())
     state = model.state_dict()
     payload = io.BytesIO()
@@ -198,7 +203,7 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
         raw_bytes += len(data)
 
     spec = getattr(model, "cnnzip_spec", None)
-    probe = _probe_output(model, tuple(meta.input_shape))
+    probe = probe_output(model, tuple(meta.input_shape))
     header = {"format": "cnnzip.deep", "version": VERSION, "spec": dict(spec) if spec else None,
               "widths": layer_widths(model), "meta": meta.as_dict(), "layers": layers, "raw": raw,
               "probe": {"shape": list(probe.shape), "values": probe.flatten().tolist()}}
@@ -215,22 +220,11 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
                       file_bytes=len(blob), dense_state_dict_bytes=buf.getbuffer().nbytes)
 
 
-def is_compressed_file(path: str | Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
-
-
-def load_compressed(path: str | Path, model: nn.Module | None = None):
+def load_compressed(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model from a compressed file: (model in eval mode, ModelMeta).
 
     `model` is needed only for architectures outside the zoo: a fresh, unpruned instance of the saved class.
     """
-    from ..modelfile import ModelMeta, check_probe, rebuild
-    from ..models import load_weights
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"no such compressed model file: {path}")
@@ -274,3 +268,6 @@ def load_compressed(path: str | Path, model: nn.Module | None = None):
     probe = torch.tensor(header["probe"]["values"]).view(header["probe"]["shape"])
     check_probe(model, tuple(meta.input_shape), probe, path)
     return model.eval(), meta
+
+
+COMPRESSED_FILE = register_format("compressed model", MAGIC, load_compressed, ".cnnz")

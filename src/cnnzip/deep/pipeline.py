@@ -1,21 +1,20 @@
 """Deep compression end to end: prune by magnitude, fine-tune with fixed masks, share weights, fine-tune
-centroids. The caller supplies the fine-tuning (any function that trains a model with extra hooks), so the
-same pipeline runs from the CLI, a search trial, or a notebook.
+centroids. The caller supplies the fine-tuning (a `Finetune`), so the same pipeline runs from the CLI, a search
+trial, or a notebook.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 from torch import nn
 
-from ..train import TrainHook
+from ..finetune import Finetune
 from .magnitude import MagnitudePruning, MaskHook, prune_magnitude
 from .sharing import Codebook, SharedWeightsHook, WeightSharing, codebooks_of, share_weights
 
-__all__ = ["deep_compress"]
+__all__ = ["deep_compress", "STAGES"]
 
-Finetune = Callable[[nn.Module, Sequence[TrainHook]], None]
+STAGES = ("pruned", "shared")
+"""The fine-tune stages: after magnitude pruning (masks held), and after weight sharing (centroids trained)."""
 
 
 def deep_compress(
@@ -24,19 +23,18 @@ def deep_compress(
     sharing: WeightSharing,
     *,
     finetune: Finetune | None = None,
-    centroid_finetune: Finetune | None = None,
 ) -> tuple[nn.Module, dict[str, Codebook]]:
     """Return a weight-shared copy of `model` and its codebooks, ready for `save_compressed`.
 
-    `finetune(model, hooks)` runs after pruning with the mask hook; `centroid_finetune(model, hooks)` after
-    weight sharing with the centroid hook. Either may be None to skip it.
+    `finetune` is called with stage "pruned" after pruning (with the mask hook) and with stage "shared" after
+    weight sharing (with the centroid hook); it returns at once for a stage it does not train.
     """
     if pruning is not None:
         model, masks = prune_magnitude(model, pruning)
         if finetune is not None:
-            finetune(model, [MaskHook(masks)])
+            finetune("pruned", model, [MaskHook(masks)])
     shared, books = share_weights(model, sharing)
-    if centroid_finetune is not None:
-        centroid_finetune(shared, [SharedWeightsHook(books)])
+    if finetune is not None:
+        finetune("shared", shared, [SharedWeightsHook(books)])
         books = codebooks_of(shared, books)
     return shared, books

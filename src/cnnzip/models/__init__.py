@@ -10,9 +10,9 @@ here explicitly, so the registry holds exactly the families listed below.
 
 # Family modules are imported for their `@register_model` side effect, one explicit line, no star imports.
 from . import alexnet, densenet, mobilenet, resnet_cifar, small, vgg  # noqa: F401
-from ._checkpoint import load_weights
+from ._checkpoint import load_weights, read_checkpoint
 from ._registry import create_model, list_models, register_model
 from .removed import RemovedBlock, remove_blocks, removed_blocks
 
-__all__ = ["create_model", "list_models", "load_weights", "register_model", "RemovedBlock", "remove_blocks",
+__all__ = ["create_model", "list_models", "load_weights", "read_checkpoint", "register_model", "RemovedBlock", "remove_blocks",
            "removed_blocks"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-__all__ = ["load_weights"]
+__all__ = ["load_weights", "read_checkpoint"]
 
 # Keys under which common training scripts nest the state dict (akamaster and timm use `state_dict`,
 # torchvision recipes use `model`, kuangliu/pytorch-cifar uses `net`).

@@ -4,13 +4,13 @@
     result.model      # a new, smaller model; its outputs equal the original's with those channels zeroed
 """
 
-from .channels import ChannelPruning, PruneResult, plan_channels, prune_channels, prune_to_macs
+from .channels import ChannelPruning, PruneResult, apply_plan, plan_channels, prune_channels, prune_to_macs
 from .graph import ChannelGraph, ChannelGroup, analyze, check_equivalent
 from .importance import IMPORTANCE, bn_scale, fpgm, l1_norm, l2_norm, random_scores
 from .slimming import SparsityHook, bn_scales
 
 __all__ = [
-    "ChannelPruning", "PruneResult", "plan_channels", "prune_channels", "prune_to_macs",
+    "ChannelPruning", "PruneResult", "apply_plan", "plan_channels", "prune_channels", "prune_to_macs",
     "ChannelGraph", "ChannelGroup", "analyze", "check_equivalent",
     "IMPORTANCE", "bn_scale", "fpgm", "l1_norm", "l2_norm", "random_scores",
     "SparsityHook", "bn_scales",

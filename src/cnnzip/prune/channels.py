@@ -8,6 +8,7 @@ channels zeroed, and a surgery that does not match is never returned.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -15,10 +16,10 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 from ..measure import count_macs
-from .graph import TOLERANCE, ChannelGraph, _probe_input, analyze, check_equivalent
+from .graph import ChannelGraph, analyze, attempt, find_failing, probe_input
 from .importance import IMPORTANCE, get_importance, random_scores
 
-__all__ = ["ChannelPruning", "PruneResult", "plan_channels", "prune_channels", "prune_to_macs"]
+__all__ = ["ChannelPruning", "PruneResult", "apply_plan", "plan_channels", "prune_channels", "prune_to_macs"]
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,10 @@ class ChannelPruning:
     """What to remove. Pure data: it round-trips through JSON and the command line.
 
     - `method`: the importance (slimming = |BN gamma|, l1, l2, fpgm, random).
-    - `ratio`: fraction of the prunable channels to remove; or `threshold`: remove channels scoring below it
-      (for slimming, |gamma| < threshold). One of the two; `prune_to_macs` chooses the ratio itself.
+    - How much, one of: `ratio`, the fraction of the prunable channels to remove; `threshold`, remove channels
+      scoring below it (for slimming, |gamma| < threshold); `widths`, how many channels each named layer keeps
+      ({layer name or regex: channels}, e.g. from PCA; other layers keep all). `prune_to_macs` chooses the
+      ratio itself.
     - `scope`: 'global' ranks all channels together (scores divided by their group's mean, except for
       slimming, whose |gamma| are comparable as they are); 'layer' removes `ratio` of each group. 'auto' is
       global for slimming and threshold pruning, per layer otherwise.
@@ -38,6 +41,7 @@ class ChannelPruning:
     method: str = "l1"
     ratio: float | None = None
     threshold: float | None = None
+    widths: dict[str, int] | None = None
     scope: str = "auto"
     min_channels: int = 1
     skip: tuple[str, ...] = ()
@@ -46,8 +50,13 @@ class ChannelPruning:
     def __post_init__(self) -> None:
         if self.method not in IMPORTANCE:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(IMPORTANCE)}")
-        if self.ratio is not None and self.threshold is not None:
-            raise ConfigError("give one of ratio and threshold, not both")
+        if sum(v is not None for v in (self.ratio, self.threshold, self.widths)) > 1:
+            raise ConfigError("say how much to prune in one way: a ratio, a threshold or widths")
+        if self.widths is not None:
+            bad = {k: v for k, v in self.widths.items() if not isinstance(v, int) or v < 1}
+            if bad:
+                raise ConfigError(f"widths are the channels each layer keeps, at least 1; got {bad}")
+            object.__setattr__(self, "widths", dict(self.widths))
         if self.ratio is not None and not 0 <= self.ratio < 1:
             raise ConfigError(f"ratio is the fraction of channels to remove, in [0, 1); got {self.ratio}")
         if self.scope not in ("auto", "global", "layer"):
@@ -83,8 +92,8 @@ class PruneResult:
 
 def plan_channels(graph: ChannelGraph, config: ChannelPruning) -> dict[str, list[int]]:
     """Which channels of each prunable group to remove (root name -> sorted indices)."""
-    if config.ratio is None and config.threshold is None:
-        raise ConfigError("say how much to prune: a ratio or a threshold")
+    if config.ratio is None and config.threshold is None and config.widths is None:
+        raise ConfigError("say how much to prune: a ratio, a threshold or widths")
     importance = get_importance(config.method)
     generator = torch.Generator().manual_seed(config.seed)
     scores: dict[str, torch.Tensor] = {}
@@ -94,6 +103,10 @@ def plan_channels(graph: ChannelGraph, config: ChannelPruning) -> dict[str, list
             scores[group.name] = s
     groups = [g for g in graph.groups if g.name in scores]
     keep_min = {g.name: min(config.min_channels, g.size) for g in groups}
+
+    if config.widths is not None:
+        return {g.name: sorted(torch.argsort(scores[g.name], stable=True)[:g.size - keep].tolist())
+                for g, keep in _named_widths(graph, groups, config.widths).items()}
 
     if config.resolved_scope == "layer":
         plan = {}
@@ -136,63 +149,49 @@ def prune_channels(
     if not graph.groups:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(graph.excluded.items())[:5])
         raise ModelError(f"this model has no channel that cnnzip can prune safely ({reasons})")
-    plan = {k: v for k, v in plan_channels(graph, config).items() if v}
-    return _apply(graph, plan)
+    return apply_plan(graph, plan_channels(graph, config))
 
 
-def _apply(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
-    x = _probe_input(graph.example_input)
+def _named_widths(graph: ChannelGraph, groups, widths: dict[str, int]) -> dict:
+    """group -> channels it keeps, for every group whose root (or a layer whose outputs it holds) is named."""
+    out = {}
+    for key, keep in widths.items():
+        pattern = re.compile(key)
+        hit = [g for g in groups if pattern.fullmatch(g.name)
+               or any(m.kind == "out" and pattern.fullmatch(m.name) for m in g.members)]
+        if not hit:
+            why = graph.excluded.get(key)
+            raise ConfigError(f"widths: {key!r} names no prunable layer" + (f" ({why})" if why else "; prunable: "
+                              + ", ".join(g.name for g in groups)))
+        for g in hit:
+            if keep > g.size:
+                raise ConfigError(f"widths: {g.name} has {g.size} channels, fewer than the {keep} asked to keep")
+            out[g] = keep
+    return out
+
+
+def apply_plan(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
+    """Remove the channels of `plan` (group root name -> channel indices) from a copy of the graph's model.
+
+    The copy is verified against the masked original; groups whose surgery does not match are left untouched
+    and listed in `excluded`, and a plan that cannot be verified at all is an error, never a broken model.
+    """
+    plan = {k: sorted(int(i) for i in v) for k, v in plan.items() if len(v)}
+    x = probe_input(graph.example_input)
     excluded = dict(graph.excluded)
-    pruned, err = _try(graph, plan, x)
-    if err is None or err > TOLERANCE:
+    surgery = attempt(graph, plan, x)
+    if not surgery.exact:
         # Each group passed its own trial on probe channels; these channels, or groups together, fail.
-        bad = _culprits(graph, plan, x)
+        bad = find_failing(list(plan), lambda names: attempt(graph, {k: plan[k] for k in names}, x).problem)
         for name in bad:
             excluded[name] = "its surgery on these channels did not match the masked model; left untouched"
         plan = {k: v for k, v in plan.items() if k not in bad}
-        pruned, err = _try(graph, plan, x)
-        if err is None or err > TOLERANCE:
+        surgery = attempt(graph, plan, x)
+        if not surgery.exact:
             raise ModelError("channel surgery could not be verified on this model; nothing was pruned. "
                              "Please report this model's structure.")
     widths = {g.name: (g.size, g.size - len(plan.get(g.name, []))) for g in graph.groups}
-    return PruneResult(model=pruned, removed=plan, widths=widths, excluded=excluded, max_error=err)
-
-
-def _try(graph: ChannelGraph, plan: dict[str, list[int]], x: torch.Tensor) -> tuple[nn.Module | None, float | None]:
-    """The pruned copy and its verification error; (None, None) if the surgery itself fails."""
-    try:
-        pruned = graph.pruned_copy(plan)
-        return pruned, check_equivalent(graph.masked_copy(plan), pruned, x)
-    except ConfigError:
-        raise
-    except Exception:  # noqa: BLE001 - Torch-Pruning can fail in any way on channels it maps wrong
-        return None, None
-
-
-def _culprits(graph: ChannelGraph, plan: dict[str, list[int]], x: torch.Tensor) -> list[str]:
-    """Groups to drop so that the rest verifies: bisection, then one at a time if the halves interact."""
-    bad: list[str] = []
-
-    def ok(subset: list[str]) -> bool:
-        err = _try(graph, {k: plan[k] for k in subset}, x)[1]
-        return err is not None and err <= TOLERANCE
-
-    def search(subset: list[str]) -> None:
-        if not subset or ok(subset):
-            return
-        if len(subset) == 1:
-            bad.append(subset[0])
-            return
-        found = len(bad)
-        search(subset[: len(subset) // 2])
-        search(subset[len(subset) // 2:])
-        if len(bad) == found:
-            kept: list[str] = []
-            for name in subset:
-                (kept.append(name) if ok(kept + [name]) else bad.append(name))
-
-    search(list(plan))
-    return bad
+    return PruneResult(model=surgery.model, removed=plan, widths=widths, excluded=excluded, max_error=surgery.error)
 
 
 def prune_to_macs(
@@ -215,7 +214,7 @@ def prune_to_macs(
     base = count_macs(model, shape)
 
     def plan_at(ratio: float) -> dict[str, list[int]]:
-        cfg = ChannelPruning(**{**config.__dict__, "ratio": ratio, "threshold": None})
+        cfg = ChannelPruning(**{**config.__dict__, "ratio": ratio, "threshold": None, "widths": None})
         return {k: v for k, v in plan_channels(graph, cfg).items() if v}
 
     lo, hi = 0.0, 0.99
@@ -238,6 +237,6 @@ def prune_to_macs(
         raise ConfigError(f"cannot remove {macs_reduction:.0%} of the MACs by pruning the prunable channels "
                           f"(excluded: {', '.join(graph.excluded) or 'none'})")
     ratio, reduction = found
-    result = _apply(graph, plan_at(ratio))
+    result = apply_plan(graph, plan_at(ratio))
     result.notes.update(ratio=ratio, macs_reduction=reduction, base_macs=float(base))
     return result

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..measure import Evaluator, count_macs, run_digest
-from ..modelfile import ModelMeta, load_model, save_model
-from ..train import atomic_write_bytes, resume_state
+from ..finetune import Finetune
+from ..io import ModelMeta, atomic_write_bytes, load_model, resume_state, save_model
+from ..measure import Evaluator, count_macs, run_digest, target_accuracy
 from .channel_sparsity import channel_sparsity
-from .channels import _apply
+from .channels import apply_plan
 from .graph import ChannelGraph, analyze
 
-__all__ = ["DynamicPruning", "ThresholdSearch", "sparsity_plan", "dynamic_prune", "DynamicResult"]
+__all__ = ["DynamicPruning", "ThresholdSearch", "sparsity_plan", "dynamic_prune", "DynamicResult", "TrialRecord",
+           "Recovery", "STAGES"]
 
 
 @dataclass(frozen=True)
@@ -121,119 +122,190 @@ def sparsity_plan(sparsity: dict[str, torch.Tensor], threshold: float, min_chann
 
 
 @dataclass
+class TrialRecord:
+    """One threshold tried in one iteration: what it removed and how the fine-tuned model did."""
+
+    iteration: int
+    threshold: float
+    removed: int  # channels
+    passed: bool
+    accuracy: float  # validation accuracy of the kept weights (the better of before and after the fine-tune)
+    macs: int
+    model: str | None  # the model file in the run directory (None when nothing was removed)
+    before_finetune: float | None = None
+    after_finetune: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Recovery:
+    """The longer fine-tune of one iteration's winner (the better weights of before and after are kept)."""
+
+    source: str  # the winner's model file
+    before: float
+    after: float
+    accuracy: float
+    model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["from"] = d.pop("source")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recovery:
+        return cls(source=d["from"], before=d["before"], after=d["after"], accuracy=d["accuracy"], model=d["model"])
+
+
+@dataclass
 class DynamicResult:
     model: nn.Module
     baseline_accuracy: float
     target: float
     accuracy: float  # validation accuracy of `model`
     macs: tuple[int, int]  # before, after
-    trials: list[dict]
+    trials: list[TrialRecord]
     path: Path
-    recovered: dict[str, dict] = field(default_factory=dict)  # iteration -> the winner's longer fine-tune
+    recovered: dict[str, Recovery] = field(default_factory=dict)  # iteration -> the winner's longer fine-tune
 
 
-Finetune = Callable[[str, nn.Module], None]
+STAGES = ("trial", "recover")
+"""The fine-tune stages: every trial, and each iteration's winner when `recover` is on."""
+
+
+class _RunLog:
+    """The run's state.json: the settings, every trial and every recovery, rewritten after each one."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        state = resume_state(path, {"config": settings, "trials": [], "recovered": {}}, "dynamic pruning",
+                             free=("iterations",))  # more iterations extend a finished run
+        self.config = state["config"]
+        self.trials = [TrialRecord.from_dict(t) for t in state["trials"]]
+        self.recovered = {k: Recovery.from_dict(v) for k, v in state.get("recovered", {}).items()}
+
+    def trial(self, iteration: int, threshold: float) -> TrialRecord | None:
+        return next((t for t in self.trials if t.iteration == iteration and t.threshold == threshold), None)
+
+    def add_trial(self, rec: TrialRecord) -> TrialRecord:
+        self.trials.append(rec)
+        self._write()
+        return rec
+
+    def add_recovery(self, iteration: int, rec: Recovery) -> Recovery:
+        self.recovered[str(iteration)] = rec
+        self._write()
+        return rec
+
+    def _write(self) -> None:
+        state = {"config": self.config, "trials": [asdict(t) for t in self.trials],
+                 "recovered": {k: r.to_dict() for k, r in self.recovered.items()}}
+        atomic_write_bytes(self.path, json.dumps(state, indent=2).encode())
 
 
 def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: DynamicPruning,
-                  meta: ModelMeta, run_dir: str | Path, *, recover: Finetune | None = None,
+                  meta: ModelMeta, run_dir: str | Path, *, recover: bool = False,
                   training: dict[str, Any] | None = None, device: torch.device | str = "cpu") -> DynamicResult:
     """Run the dynamic pruning; the caller's model is not changed.
 
-    `evaluator` holds the validation split: it measures channel sparsity and judges every trial. `finetune(tag,
-    model)` trains a pruned model in place (tag names the trial, for its checkpoint); `recover(tag, model)`, if
-    given, trains each iteration's winner further (the better of its weights before and after are kept). Writes
-    `run_dir/state.json`, one model file per trial (and per recovered winner), and `run_dir/pruned.pt`.
-    `training` describes what the fine-tunes do (epochs, images, learning rate...): a run resumed with other
-    training is refused rather than mixed. More `iterations` extend a run; fewer are refused.
+    `evaluator` holds the validation split: it measures channel sparsity and judges every trial. `finetune` is
+    called with stage "trial" for every trial (tagged by iteration and threshold) and, with `recover`, with
+    stage "recover" for each iteration's winner. Writes `run_dir/state.json`, one model file per trial (and per
+    recovered winner), and `run_dir/pruned.pt`. `training` describes what the fine-tunes do (epochs, images,
+    learning rate...): a run resumed with other training is refused rather than mixed. More `iterations`
+    extend a run; fewer are refused.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    state_path = run / "state.json"
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     settings["subject"] = run_digest(model, evaluator)
-    if recover is not None:
+    if recover:
         settings["recover"] = True  # (absent otherwise: runs from before this option still resume)
     if training:
         settings["training"] = dict(training)
-    # More iterations extend a finished run: its first iterations are resumed, not redone.
-    state: dict[str, Any] = resume_state(state_path, {"config": settings, "trials": [], "recovered": {}},
-                                         "dynamic pruning", free=("iterations",))
-    state.setdefault("recovered", {})
-    done = max((t["iteration"] + 1 for t in state["trials"]), default=0)
+    log = _RunLog(run / "state.json", settings)
+    done = max((t.iteration + 1 for t in log.trials), default=0)
     if done > config.iterations:
         raise ConfigError(f"{run} already holds {done} iterations; ask for at least {done} to resume it (its "
                           f"earlier results are in state.json), or use another directory")
     shape = tuple(meta.input_shape)
-    example = torch.zeros(1, *shape)
     current = model.cpu().eval()
     baseline = evaluator.evaluate(current).accuracy
-    target = config.target if config.target is not None else baseline - config.drop
-    if target > baseline:
-        raise ConfigError(f"the target accuracy {target:.2%} is above the model's own validation accuracy "
-                          f"{baseline:.2%}; lower it, or give a drop (--drop)")
+    target = target_accuracy(config.target, config.drop, baseline)
     macs0 = count_macs(current, shape)
     accuracy = baseline
     for it in range(config.iterations):
-        graph = analyze(current, example, skip=config.skip)
+        graph = analyze(current, torch.zeros(1, *shape), skip=config.skip)
         groups = [g.name for g in graph.groups]
         if not config.residual_stream:
             residual = _residual_groups(graph)
             groups = [g for g in groups if g not in residual]
         sparsity = channel_sparsity(graph, evaluator.batches, device, config.max_images)
+        groups = [g for g in groups if g in sparsity]
         search = ThresholdSearch(config.lower, config.upper, tolerance=config.tolerance)
-        best: dict | None = None
+        best: TrialRecord | None = None
         while not search.done:
             threshold = round(search.current, 6)
-            rec = next((t for t in state["trials"] if t["iteration"] == it and t["threshold"] == threshold), None)
+            rec = log.trial(it, threshold)
             if rec is None:
-                plan = sparsity_plan(sparsity, threshold, config.min_channels, [g for g in groups if g in sparsity])
-                removed = sum(len(v) for v in plan.values())
-                if removed == 0:
-                    rec = {"iteration": it, "threshold": threshold, "removed": 0, "passed": True,
-                           "accuracy": accuracy, "macs": count_macs(current, shape), "model": None}
-                else:
-                    pruned = _apply(graph, plan).model
-                    unfinetuned = evaluator.evaluate(pruned).accuracy
-                    kept = copy.deepcopy(pruned.state_dict())
-                    finetune(f"it{it}-p{threshold:.4f}", pruned)
-                    pruned.cpu().eval()
-                    acc = evaluator.evaluate(pruned).accuracy
-                    if unfinetuned > acc:  # a short fine-tune can hurt before it helps: keep the better weights
-                        pruned.load_state_dict(kept)
-                    path = run / f"it{it}-p{threshold:.4f}.pt"
-                    save_model(path, pruned, meta)
-                    best_acc = max(acc, unfinetuned)
-                    rec = {"iteration": it, "threshold": threshold, "removed": removed, "passed": best_acc >= target,
-                           "accuracy": best_acc, "before_finetune": unfinetuned, "after_finetune": acc,
-                           "macs": count_macs(pruned, shape), "model": path.name}
-                state["trials"].append(rec)
-                atomic_write_bytes(state_path, json.dumps(state, indent=2).encode())
-            if rec["passed"] and rec["removed"] and (best is None or rec["macs"] < best["macs"]):
+                plan = sparsity_plan(sparsity, threshold, config.min_channels, groups)
+                rec = log.add_trial(_trial(graph, plan, it, threshold, target, accuracy, evaluator, finetune,
+                                           meta, run))
+            if rec.passed and rec.removed and (best is None or rec.macs < best.macs):
                 best = rec
-            search.feedback(rec["passed"])
+            search.feedback(rec.passed)
         if best is None:
             break  # nothing more could be removed at the target: later iterations would start from the same model
-        current, _ = load_model(run / best["model"], model=copy.deepcopy(model))  # the caller's class, any model
-        accuracy = best["accuracy"]
-        if recover is not None:
-            rec = state["recovered"].get(str(it))
-            if rec is None:
-                kept = copy.deepcopy(current.state_dict())
-                recover(f"it{it}-recover", current)
-                current.cpu().eval()
-                after = evaluator.evaluate(current).accuracy
-                if after < accuracy:
-                    current.load_state_dict(kept)
-                rec = {"from": best["model"], "before": accuracy, "after": after, "accuracy": max(after, accuracy),
-                       "model": f"it{it}-recovered.pt"}
-                save_model(run / rec["model"], current, meta)
-                state["recovered"][str(it)] = rec
-                atomic_write_bytes(state_path, json.dumps(state, indent=2).encode())
-            current, _ = load_model(run / rec["model"], model=copy.deepcopy(model))
-            accuracy = rec["accuracy"]
+        current, _ = load_model(run / best.model, model=copy.deepcopy(model))  # the caller's class, any model
+        accuracy = best.accuracy
+        if recover:
+            rec = log.recovered.get(str(it)) or log.add_recovery(
+                it, _recover(current, best, it, evaluator, finetune, meta, run))
+            current, _ = load_model(run / rec.model, model=copy.deepcopy(model))
+            accuracy = rec.accuracy
     path = run / "pruned.pt"
     save_model(path, current, meta)
     return DynamicResult(model=current, baseline_accuracy=baseline, target=target, accuracy=accuracy,
-                         macs=(macs0, count_macs(current, shape)), trials=state["trials"], path=path,
-                         recovered=state["recovered"])
+                         macs=(macs0, count_macs(current, tuple(meta.input_shape))), trials=log.trials, path=path,
+                         recovered=log.recovered)
+
+
+def _trial(graph: ChannelGraph, plan: dict[str, list[int]], iteration: int, threshold: float, target: float,
+           accuracy: float, evaluator: Evaluator, finetune: Finetune, meta: ModelMeta, run: Path) -> TrialRecord:
+    """Prune the graph's model by `plan`, fine-tune it, keep the better weights, and save it."""
+    shape = tuple(meta.input_shape)
+    if not plan:
+        return TrialRecord(iteration, threshold, removed=0, passed=True, accuracy=accuracy,
+                           macs=count_macs(graph.model, shape), model=None)
+    pruned = apply_plan(graph, plan).model
+    before = evaluator.evaluate(pruned).accuracy
+    kept = copy.deepcopy(pruned.state_dict())
+    finetune("trial", pruned, tag=f"it{iteration}-p{threshold:.4f}")
+    pruned.cpu().eval()
+    after = evaluator.evaluate(pruned).accuracy
+    if before > after:  # a short fine-tune can hurt before it helps: keep the better weights
+        pruned.load_state_dict(kept)
+    path = run / f"it{iteration}-p{threshold:.4f}.pt"
+    save_model(path, pruned, meta)
+    best = max(before, after)
+    return TrialRecord(iteration, threshold, removed=sum(len(v) for v in plan.values()), passed=best >= target,
+                       accuracy=best, macs=count_macs(pruned, shape), model=path.name, before_finetune=before,
+                       after_finetune=after)
+
+
+def _recover(current: nn.Module, winner: TrialRecord, iteration: int, evaluator: Evaluator, finetune: Finetune,
+             meta: ModelMeta, run: Path) -> Recovery:
+    """Fine-tune an iteration's winner longer, keep the better weights, and save them."""
+    kept = copy.deepcopy(current.state_dict())
+    finetune("recover", current, tag=f"it{iteration}-recover")
+    current.cpu().eval()
+    after = evaluator.evaluate(current).accuracy
+    if after < winner.accuracy:
+        current.load_state_dict(kept)
+    rec = Recovery(source=winner.model, before=winner.accuracy, after=after, accuracy=max(after, winner.accuracy),
+                   model=f"it{iteration}-recovered.pt")
+    save_model(run / rec.model, current, meta)
+    return rec

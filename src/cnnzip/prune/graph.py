@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +21,8 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 
-__all__ = ["ChannelGroup", "ChannelGraph", "Member", "analyze"]
+__all__ = ["ChannelGroup", "ChannelGraph", "Member", "Surgery", "analyze", "attempt", "check_equivalent", "find_failing",
+           "probe_input", "TOLERANCE"]
 
 # Operations whose output channel c depends only on input channel c (or that act on other dimensions): removing a
 # channel before them removes exactly that channel after them. Anything else in a group is tried before trusted.
@@ -262,46 +263,45 @@ def check_equivalent(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float | Non
 TOLERANCE = 1e-9  # relative, in float64
 
 
+@dataclass
+class Surgery:
+    """One try of a plan: the pruned copy, its difference from the masked original, and what is wrong if any."""
+
+    model: nn.Module | None
+    error: float | None  # relative, in float64; None when the surgery failed outright
+    problem: str | None  # None when the pruned copy equals the masked original
+
+    @property
+    def exact(self) -> bool:
+        return self.problem is None
+
+
+def attempt(graph: ChannelGraph, plan: dict[str, Sequence[int]], x: torch.Tensor) -> Surgery:
+    """Remove the channels of `plan` from a copy and compare it with the masked original on `x`."""
+    try:
+        pruned = graph.pruned_copy(plan)
+        masked = graph.masked_copy(plan)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning can fail in any way on channels it maps wrong
+        return Surgery(None, None, f"surgery failed ({type(exc).__name__}: {str(exc)[:120]})")
+    err = check_equivalent(masked, pruned, x)
+    if err is None:
+        return Surgery(None, None, "the pruned model fails or changes its output shape")
+    return Surgery(pruned, err, None if err <= TOLERANCE else f"the pruned model differs from the masked one by "
+                   f"{err:.2e}")
+
+
 def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     """Try removing a few channels of every group; exclude the groups whose surgery is not exact."""
-    x = _probe_input(graph.example_input)
+    x = probe_input(graph.example_input)
     trusted = [g.name for g in graph.groups if g.name not in suspicious]
     failed: dict[str, str] = {}
 
     def trial(names: list[str]) -> str | None:
-        plan = {n: _probe_channels(graph.group(n).size) for n in names}
-        try:
-            pruned = graph.pruned_copy(plan)
-            masked = graph.masked_copy(plan)
-        except Exception as exc:  # noqa: BLE001 - Torch-Pruning can fail in any way on a bad group
-            return f"surgery failed ({type(exc).__name__}: {str(exc)[:120]})"
-        err = check_equivalent(masked, pruned, x)
-        if err is None:
-            return "the pruned model fails or changes its output shape"
-        return None if err <= TOLERANCE else f"the pruned model differs from the masked one by {err:.2e}"
+        return attempt(graph, {n: _probe_channels(graph.group(n).size) for n in names}, x).problem
 
-    def bisect(names: list[str]) -> None:
-        if not names:
-            return
-        reason = trial(names)
-        if reason is None:
-            return
-        if len(names) == 1:
-            failed[names[0]] = reason
-            return
-        mid = len(names) // 2
-        before = len(failed)
-        bisect(names[:mid])
-        bisect(names[mid:])
-        if len(failed) == before:  # each half works alone: the groups interact, so add them one at a time
-            kept: list[str] = []
-            for name in names:
-                if trial(kept + [name]) is None:
-                    kept.append(name)
-                else:
-                    failed[name] = reason
-
-    bisect(trusted)
+    failed.update(find_failing(trusted, trial))
     for name in suspicious:
         reason = trial([name])
         if reason is not None:
@@ -311,11 +311,43 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     graph.groups = [g for g in graph.groups if g.name not in failed]
 
 
+def find_failing(names: Sequence[str], trial: Callable[[list[str]], str | None]) -> dict[str, str]:
+    """The names to leave out so that the rest passes `trial` together (None: passes; else the reason).
+
+    Bisection finds the failing names in few trials; when each half passes alone but not both together (the
+    names interact), names are added one at a time and those that break the set are left out.
+    """
+    failed: dict[str, str] = {}
+
+    def bisect(subset: list[str]) -> None:
+        if not subset:
+            return
+        reason = trial(subset)
+        if reason is None:
+            return
+        if len(subset) == 1:
+            failed[subset[0]] = reason
+            return
+        found = len(failed)
+        bisect(subset[: len(subset) // 2])
+        bisect(subset[len(subset) // 2:])
+        if len(failed) == found:
+            kept: list[str] = []
+            for name in subset:
+                if trial(kept + [name]) is None:
+                    kept.append(name)
+                else:
+                    failed[name] = reason
+
+    bisect(list(names))
+    return failed
+
+
 def _probe_channels(size: int) -> list[int]:
     return sorted({0, size // 2}) if size > 2 else [0]
 
 
-def _probe_input(example: torch.Tensor) -> torch.Tensor:
+def probe_input(example: torch.Tensor) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     shape = (max(2, example.shape[0]), *example.shape[1:])
     return torch.randn(shape, generator=g, dtype=example.dtype).to(example.device)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +27,9 @@ from ..deep import (
     share_weights,
 )
 from ..errors import ConfigError
-from ..modelfile import ModelMeta, save_model
-from ..prune import ChannelPruning, analyze, plan_channels
-from ..prune.channels import _apply
-from ..train import TrainHook
+from ..finetune import Finetune
+from ..io import ModelMeta, save_model
+from ..prune import ChannelPruning, analyze, apply_plan, plan_channels
 
 __all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS", "STAGES", "Finetune"]
 
@@ -41,8 +39,6 @@ STAGES = ("structured", "final", "shared")
 """When `build` offers fine-tuning: after the structured step (if another step follows), after the last pruning
 step (zeros held by a mask hook), and after weight sharing (centroids trained)."""
 
-Finetune = Callable[[str, nn.Module, Sequence[TrainHook]], None]
-"""`finetune(stage, model, hooks)` trains `model` in place with `hooks`, or returns at once to skip `stage`."""
 
 
 @dataclass(frozen=True)
@@ -141,5 +137,4 @@ class Compressor:
             graph.groups = [g for g in graph.groups if g.name in trusted]
             graph.excluded = dict(self._graph.excluded)
         config = ChannelPruning(method=self.pipeline.structured, ratio=ratio, skip=self.pipeline.skip)
-        plan = {k: v for k, v in plan_channels(graph, config).items() if v}
-        return _apply(graph, plan).model
+        return apply_plan(graph, plan_channels(graph, config)).model

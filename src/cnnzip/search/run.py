@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..measure import Evaluator, run_digest
-from ..modelfile import ModelMeta, load
+from ..io import ModelMeta, atomic_write_text, load, refuse_changes
+from ..measure import Evaluator, run_digest, target_accuracy
 from .candidates import Compressor, Finetune, Pipeline
 from .plots import can_plot, plot_margin_sweep, plot_trajectory
 from .replay import margin_sweep
@@ -97,12 +97,7 @@ class SearchResult:
 
 def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
     """The absolute accuracy to meet; a target above the baseline is refused with advice."""
-    target = config.target if config.target is not None else baseline_accuracy - config.drop
-    if target > baseline_accuracy:
-        raise ConfigError(f"the target accuracy {target:.2%} is above the model's own validation accuracy "
-                          f"{baseline_accuracy:.2%}: no compressed model can meet it. Lower the target, or "
-                          "give it as a drop from the baseline (--drop)")
-    return target
+    return target_accuracy(config.target, config.drop, baseline_accuracy)
 
 
 def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: SearchConfig,
@@ -119,15 +114,9 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     budgets = ("max_checks", "time_budget")  # a search stopped by a budget resumes with another one, or none
     settings = {**config.as_dict(), "subject": run_digest(model, evaluator)}
 
-    saved = json.loads(config_path.read_text()) if config_path.exists() else None
-    ignored = budgets if saved is None or "subject" in saved else (*budgets, "subject")  # older run directories
-
-    def same(d: dict) -> dict:
-        return {k: v for k, v in d.items() if k not in ignored}
-    if saved is not None and same(saved) != same(settings):
-        raise ConfigError(f"{run} holds a search with other settings, another model or other validation data; "
-                          "use the same ones to resume it, or another run directory")
-    config_path.write_text(json.dumps(settings, indent=2))
+    if config_path.exists():
+        refuse_changes(json.loads(config_path.read_text()), settings, run, "search", free=budgets)
+    atomic_write_text(config_path, json.dumps(settings, indent=2))
     baseline = evaluator.evaluate(model).accuracy
     target = resolve_target(config, baseline)
     compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp")

@@ -1,5 +1,5 @@
-"""Layer fusion (Electronics 2023, 12, 1208): remove whole thin residual blocks, and let the block before each
-one learn to do its work.
+"""Block removal, the paper's "layer fusion" (Electronics 2023, 12, 1208): remove whole thin residual blocks, and
+let the block before each one learn to do its work. (Named apart from operator fusion, which `deploy` does.)
 
 After channel pruning many residual blocks keep only a few inner channels. Repeatedly:
   1. the *material* block is the removable block with the fewest inner channels; a block is removable when
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,14 @@ from torch import nn
 
 from ..distill import Distillation
 from ..errors import ConfigError
+from ..finetune import Finetune
+from ..io import ModelMeta, atomic_write_bytes, load_model, resume_state, save_model
 from ..measure import Evaluator, count_macs, run_digest
-from ..modelfile import ModelMeta, load_model, save_model
 from ..models import RemovedBlock, remove_blocks
-from ..train import TrainHook, atomic_write_bytes, resume_state
+from ..train import TrainHook
 
-__all__ = ["Block", "LayerFusion", "FusionResult", "residual_blocks", "choose_blocks", "fuse_layers",
-           "fresh_copy", "depth"]
+__all__ = ["Block", "BlockRemoval", "BlockRemovalResult", "residual_blocks", "choose_blocks", "remove_thin_blocks",
+           "fresh_copy", "depth", "STAGES"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def choose_blocks(blocks: Sequence[Block], max_width: int | None = None) -> tupl
 
 
 @dataclass(frozen=True)
-class LayerFusion:
+class BlockRemoval:
     """Settings. Pure data; a resumed run must match it."""
 
     loss: str = "kd"  # or "ce": the ablation without distillation
@@ -137,24 +138,24 @@ class LayerFusion:
 
 
 @dataclass
-class FusionResult:
+class BlockRemovalResult:
     model: nn.Module  # the last snapshot within max_drop
     reference_accuracy: float  # the pruned model's
     rows: list[dict]  # one per snapshot: removed, depth, fused layers, MACs, accuracy, file
     path: Path
 
 
-ShortFinetune = Callable[[str, nn.Module, Sequence[nn.Parameter], Sequence[TrainHook]], None]
-LongFinetune = Callable[[str, nn.Module, Sequence[TrainHook]], None]
+STAGES = ("short", "long")
+"""The fine-tune stages: the carrier alone after each removal, and the whole network every `long_every`."""
 
 
-def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFinetune,
-                long_finetune: LongFinetune, config: LayerFusion, meta: ModelMeta,
-                run_dir: str | Path, *, training: dict[str, Any] | None = None) -> FusionResult:
-    """Fuse layers of the (pruned) `model`, which is also the teacher; the caller's model is not changed.
+def remove_thin_blocks(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: BlockRemoval,
+                       meta: ModelMeta, run_dir: str | Path, *,
+                       training: dict[str, Any] | None = None) -> BlockRemovalResult:
+    """Remove blocks of the (pruned) `model`, which is also the teacher; the caller's model is not changed.
 
-    `short_finetune(tag, model, parameters, hooks)` trains only `parameters`; `long_finetune(tag, model, hooks)`
-    trains everything. Writes `run_dir/state.json`, `run_dir/current.pt` and one `fused-<k>.pt` per snapshot.
+    `finetune` is called with stage "short" (with `parameters`: the carrier's only) after each removal, and
+    with stage "long" (everything) every `long_every` removals. Writes `run_dir/state.json`, `run_dir/current.pt` and one `fused-<k>.pt` per snapshot.
     `training` describes what the fine-tunes do (epochs, images...): a run resumed with other training is refused.
     """
     run = Path(run_dir)
@@ -189,15 +190,15 @@ def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFin
             material, carrier = pick
             remove_blocks(current, [material.name])
             if config.short and carrier is not None:
-                short_finetune(f"short-{k + 1}", current, list(current.get_submodule(carrier.name).parameters()),
-                               hooks())
+                finetune("short", current, hooks(), tag=f"short-{k + 1}",
+                         parameters=list(current.get_submodule(carrier.name).parameters()))
                 current.cpu().eval()
             state["removed"].append(material.name)
             state["steps"].append({"removed": material.name, "width": material.width,
                                    "carrier": carrier.name if carrier else None})
             k += 1
         if k > 0 and (k % config.long_every == 0 or done) and k != state["rows"][-1]["removed"]:
-            long_finetune(f"long-{k}", current, hooks())
+            finetune("long", current, hooks(), tag=f"long-{k}")
             current.cpu().eval()
             acc = evaluator.evaluate(current).accuracy
             if acc >= floor:
@@ -215,7 +216,7 @@ def fuse_layers(model: nn.Module, evaluator: Evaluator, short_finetune: ShortFin
         commit()
     kept = [r for r in state["rows"] if r["file"]]
     best = load_model(run / kept[-1]["file"], model=copy.deepcopy(model))[0] if kept else teacher
-    return FusionResult(model=best, reference_accuracy=reference, rows=state["rows"],
+    return BlockRemovalResult(model=best, reference_accuracy=reference, rows=state["rows"],
                         path=run / kept[-1]["file"] if kept else run)
 
 

@@ -1,0 +1,59 @@
+"""`cnnzip info`: parameters, MACs, bytes and CPU latency of a zoo architecture or a model file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..io import load_any
+from ..measure import footprint, measure_latency
+from ..models import create_model, list_models
+from ..train import select_device
+from .options import int_list, parse_shape
+
+NAME = "info"
+HELP = "parameters, MACs, size and CPU latency of a model"
+DESCRIPTION = ("Footprint of a zoo architecture (by name) or of a model file: parameters, nonzero parameters, MACs, "
+               "bytes, and latency at the given batch sizes.")
+
+
+def add_arguments(s) -> None:
+    s.add_argument("target", metavar="MODEL", help="zoo name (e.g. resnet56) or path to a model file/weights")
+    s.add_argument("--model", default=None, help="architecture for raw weights")
+    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--width", type=float, default=None)
+    s.add_argument("--input-shape", default=None, help="C,H,W (default 3,32,32 or the model file's)")
+    s.add_argument("--batch-sizes", default="1,256", help="latency batch sizes, comma-separated (default 1,256)")
+    s.add_argument("--repeats", type=int, default=20)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--device", default="cpu")
+
+
+def run(args) -> int:
+    kwargs = {"num_classes": args.num_classes}
+    if args.width is not None:
+        kwargs["width"] = args.width
+    meta = None
+    if args.target in list_models() and not Path(args.target).exists():
+        model = create_model(args.target, **kwargs)
+    else:
+        model, meta = load_any(args.target, args.model, **kwargs)
+    shape = parse_shape(args.input_shape) if args.input_shape else (meta.input_shape if meta else (3, 32, 32))
+    model.to(select_device(args.device)).eval()
+    fp = footprint(model, shape)
+    lat = [measure_latency(model, shape, b, repeats=args.repeats) for b in int_list(args.batch_sizes, "--batch-sizes")]
+    info = {"model": args.target, "input_shape": list(shape), **fp.as_dict(),
+            "latency": [{"batch_size": x.batch_size, "median_ms": x.median_ms,
+                         "images_per_second": x.images_per_second} for x in lat]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model          {args.target}  (input {tuple(shape)})")
+    print(f"parameters     {fp.parameters:,}  ({fp.nonzero:,} nonzero)")
+    print(f"MACs           {fp.macs:,}  ({fp.macs / 1e6:.1f}M)")
+    print(f"dense bytes    {fp.dense_bytes:,}")
+    print(f"saved bytes    {fp.saved_bytes:,}  (torch.save of the fp32 state dict)")
+    for x in lat:
+        print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s "
+              f"({args.device}, eager)")
+    return 0

@@ -1,0 +1,93 @@
+"""`cnnzip search`: the smallest file that meets a target accuracy, across slimming and deep compression."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..io import load
+from ..search import Pipeline, SearchConfig, search
+from .options import add_data_args, add_model_args, prepare
+
+NAME = "search"
+HELP = "find the smallest file that meets a target accuracy (slimming + deep compression)"
+DESCRIPTION = ("Search the ratios of network slimming and deep compression, in either order, for the smallest "
+               "compressed file whose validation accuracy meets the target. Every accuracy check is recorded in "
+               "OUT/trials.jsonl; rerun the same command to resume. The winner is written to OUT/best.cnnz and "
+               "evaluated once on the test split.")
+EPILOG = """examples:
+  cnnzip search runs/vgg-sparse/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+      --drop 0.01 --strategy bisect --out runs/vgg-search
+  cnnzip search runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+      --target-acc 0.88 --strategy margin --margin 5 --step 0.05 --out runs/r56-margin
+Decisions use the validation split (held out from the training images); the test split is used once, at the
+end, for the winner."""
+
+
+def add_arguments(s) -> None:
+    add_model_args(s, help="cnnzip model file or raw weights (for slimming, a model trained with --sparsity)")
+    add_data_args(s)
+    goal = s.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-acc", type=float, help="validation accuracy to meet, e.g. 0.90")
+    goal.add_argument("--drop", type=float, help="accepted drop below the baseline's validation accuracy, "
+                      "e.g. 0.01 for one point")
+    s.add_argument("--strategy", choices=["grid", "margin", "bisect"], default="bisect")
+    s.add_argument("--order", choices=["ns-dc", "dc-ns", "ns", "dc"], default="ns-dc",
+                   help="methods and their order: ns = network slimming, dc = deep compression")
+    s.add_argument("--structured", choices=["slimming", "l1", "l2", "fpgm"], default="slimming")
+    s.add_argument("--margin", type=int, default=5, help="the heuristic's margin, in grid steps")
+    s.add_argument("--step", type=float, default=0.05, help="grid step of every ratio (default 0.05)")
+    s.add_argument("--max-ratio", type=float, default=0.95)
+    s.add_argument("--conv-bits", type=int, default=8)
+    s.add_argument("--fc-bits", type=int, default=5)
+    s.add_argument("--max-checks", type=int, default=None, help="stop after this many accuracy checks")
+    s.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    s.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    s.add_argument("--structured-epochs", type=int, default=0, help="fine-tune the winner this many epochs "
+                   "after its structured step, before deep compression (ns-dc only)")
+    s.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the winner this many epochs after "
+                   "its last pruning step, pruned weights held at zero")
+    s.add_argument("--centroid-epochs", type=int, default=0, help="epochs of centroid fine-tuning after weight "
+                   "sharing")
+    s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    s.add_argument("--train-batch-size", type=int, default=128)
+    s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--out", type=Path, default=Path("runs/search"))
+
+
+def run(args) -> int:
+    job = prepare(args)
+    val = job.require_val("a search decides on a validation split")
+    config = SearchConfig(
+        pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
+                          fc_bits=args.fc_bits),
+        strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
+        margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget)
+    epochs = {"structured": args.structured_epochs, "final": args.finetune_epochs, "shared": args.centroid_epochs}
+    finetune = None
+    if any(epochs.values()):
+        finetune = job.finetuner(epochs, job.batches(job.train, args.train_batch_size),
+                                 train_batch_size=args.train_batch_size, search=config.as_dict())
+    result = search(job.model.cpu().eval(), job.evaluator(val, args.batch_size), job.out_meta(), config, args.out,
+                    finetune=finetune)
+    cost = result.cost
+    print(f"baseline validation accuracy {result.baseline_accuracy:.2%}; target {result.target:.2%}")
+    print(f"{cost['checks']:.0f} accuracy checks, {cost['images']:,.0f} images evaluated, {cost['seconds']:.0f} s"
+          + ("" if result.complete else " (stopped by the budget: rerun without it to finish)"))
+    if result.best is None:
+        print("no candidate met the target, even the smallest ratios; the model itself may be below it")
+        return 1
+    best = result.best
+    winner, _ = load(result.path)
+    test = job.evaluator(job.data.test, args.batch_size).evaluate(winner).accuracy
+    names = dict(zip(config.pipeline.axes, best.ratios, strict=True))
+    print(f"smallest passing: {', '.join(f'{k} ratio {v:.2f}' for k, v in names.items())}: {best.size:,} bytes, "
+          f"validation accuracy {best.accuracy:.2%}{'' if best.complete else ' (early exit)'}")
+    if result.finetuned:
+        print(f"after fine-tuning: {result.final_size:,} bytes, validation accuracy {result.final_accuracy:.2%}")
+    print(f"test accuracy (evaluated once) {test:.2%}; file {result.path}")
+    summary = result.as_dict() | {"test_accuracy": test}
+    (args.out / "result.json").write_text(json.dumps(summary, indent=2))
+    return 0

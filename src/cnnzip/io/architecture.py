@@ -1,0 +1,102 @@
+"""Rebuilding a saved architecture without pickled code: a zoo spec, every layer's width, the removed blocks.
+
+A saved file stores data only. A pruned model reloads by building the original architecture (from the zoo, or
+the caller's fresh instance of its own class), replacing the blocks that block removal took out, and narrowing
+every conv, linear and BatchNorm to its saved width. The file also records the model's outputs on a fixed probe
+input, and loading compares them, so an architecture whose code changed is an error, not a different model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..models import RemovedBlock, create_model, remove_blocks
+
+__all__ = ["layer_widths", "apply_widths", "rebuild", "probe_output", "check_probe"]
+
+_WIDTH_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+def layer_widths(model: nn.Module) -> dict[str, list[int]]:
+    """The channel counts of every conv ([in, out, groups]), linear ([in, out]) and BatchNorm ([features])."""
+    widths = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            widths[name] = [m.in_channels, m.out_channels, m.groups]
+        elif isinstance(m, nn.Linear):
+            widths[name] = [m.in_features, m.out_features]
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            widths[name] = [m.num_features]
+    return widths
+
+
+def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
+    """Narrow `model`'s layers in place to `widths` (from `layer_widths` of a pruned copy); weights are left
+    uninitialised for a state dict to fill."""
+    modules = dict(model.named_modules())
+    for name, w in widths.items():
+        m = modules.get(name)
+        if not isinstance(m, _WIDTH_LAYERS):
+            raise ModelError(f"the saved model has a layer {name!r} that this architecture lacks; is it the same "
+                             "model class?")
+        if layer_widths(m).get("", None) == list(w):
+            continue
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            m.in_channels, m.out_channels, m.groups = w
+            m.weight = nn.Parameter(m.weight.new_empty((w[1], w[0] // w[2], *m.weight.shape[2:])))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(w[1]))
+        elif isinstance(m, nn.Linear):
+            m.in_features, m.out_features = w
+            m.weight = nn.Parameter(m.weight.new_empty((w[1], w[0])))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_empty(w[1]))
+        else:
+            m.num_features = w[0]
+            for attr in ("weight", "bias"):
+                if getattr(m, attr, None) is not None:
+                    setattr(m, attr, nn.Parameter(getattr(m, attr).new_empty(w[0])))
+            for attr in ("running_mean", "running_var"):
+                if getattr(m, attr, None) is not None:
+                    setattr(m, attr, getattr(m, attr).new_empty(w[0]))
+    return model
+
+
+def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None,
+            path: str | Path, removed: Sequence[str] = ()) -> nn.Module:
+    """The saved architecture, weights still to load: the zoo model from `spec` (or the caller's fresh `model`
+    for architectures outside the zoo), without the removed blocks, narrowed to the saved widths."""
+    if model is None:
+        if spec is None:
+            raise ModelError(f"{path} holds a model from outside the zoo: load it with load(path, "
+                             "model=YourNet()), passing a fresh instance of its class")
+        spec = dict(spec)
+        model = create_model(spec.pop("name"), **spec)
+    try:
+        remove_blocks(model, [n for n in removed if not isinstance(model.get_submodule(n), RemovedBlock)])
+    except AttributeError as e:
+        raise ModelError(f"{path} removed a block this architecture lacks ({e}); is it the same model class?") from e
+    return apply_widths(model, widths)
+
+
+@torch.no_grad()
+def probe_output(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """The model's outputs on a fixed random input, computed on a CPU fp32 copy so that a model saved from a GPU
+    (TF32 convolutions, AMP) records the same numbers a CPU load computes."""
+    x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    return copy.deepcopy(model).cpu().float().eval()(x).detach()
+
+
+def check_probe(model: nn.Module, input_shape: tuple[int, ...], probe: torch.Tensor, path: str | Path) -> None:
+    """Raise if the rebuilt model's probe outputs differ from those recorded at save time."""
+    out = probe_output(model, input_shape)
+    if out.shape != probe.shape or not torch.allclose(out, probe, rtol=1e-4, atol=1e-5 * float(probe.abs().max())):
+        raise ModelError(f"{path} loaded, but the model's outputs differ from those recorded when it was saved: "
+                         "the architecture's code has changed since. Use the cnnzip version that wrote it, or "
+                         "the same model class.")

@@ -1,0 +1,78 @@
+"""cnnzip's own model file: architecture + weights + how to feed the model, in one file that loads anywhere.
+
+A model file stores data only (a registry spec, the width of every conv, BatchNorm and linear layer, a state dict
+of tensors, plain numbers and strings) and loads with `torch.load(weights_only=True)`: no pickled code, so it
+loads in a fresh process that never saw the code that pruned it, and loading an untrusted file cannot run code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ModelError
+from ..models import create_model, load_weights, read_checkpoint, removed_blocks
+from .architecture import check_probe, layer_widths, probe_output, rebuild
+from .atomic import atomic_save
+from .meta import IMAGENET_MEAN, IMAGENET_STD, ModelMeta
+from .registry import register_format, sniff
+
+__all__ = ["ModelMeta", "save_model", "load_model", "load_any", "IMAGENET_MEAN", "IMAGENET_STD", "FORMAT"]
+
+FORMAT = "cnnzip.model"
+VERSION = 1
+def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
+    """Write `model`, pruned or not, and its meta atomically; return the path.
+
+    A model from `cnnzip.models.create_model` reloads by itself; any other model reloads with
+    `load_model(path, model=YourNet())`, an unpruned instance of its class.
+    """
+    spec = getattr(model, "cnnzip_spec", None)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_save({"format": FORMAT, "version": VERSION, "spec": dict(spec) if spec is not None else None,
+                 "widths": layer_widths(model), "removed": removed_blocks(model), "meta": meta.as_dict(),
+                 "state_dict": state,
+                 "probe": probe_output(model, meta.input_shape)}, path)
+    return Path(path)
+
+
+def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild a model saved by `save_model`, in eval mode on the CPU.
+
+    `model` is needed only for architectures outside the zoo: a fresh, unpruned instance of the saved class.
+    """
+    blob = read_checkpoint(path)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a cnnzip model file; for raw weights pass the model name "
+                         "(e.g. --model resnet56) so they can be loaded into it")
+    if blob.get("version", 0) > VERSION:
+        raise ModelError(f"{path} was written by a newer cnnzip (format version {blob['version']}); upgrade cnnzip")
+    model = rebuild(blob["spec"], blob.get("widths", {}), model, path, blob.get("removed", ()))
+    load_weights(model, blob["state_dict"])
+    meta = ModelMeta.from_dict(blob["meta"])
+    if blob.get("probe") is not None:
+        check_probe(model, meta.input_shape, blob["probe"], path)
+    return model.eval(), meta
+
+
+# torch.save writes a zip archive; before torch 1.6 it wrote a pickle (protocol byte 0x80).
+MODEL_FILE = register_format("model file", (b"PK\x03\x04", b"\x80"), load_model, ".pt")
+
+
+def load_any(path: str | Path, model_name: str | None = None, num_classes: int = 10,
+             meta: ModelMeta | None = None, **model_kwargs: Any) -> tuple[nn.Module, ModelMeta | None]:
+    """Any file cnnzip wrote (see `registry.load`), or raw weights (a state dict or checkpoint) put in `model_name`."""
+    fmt = sniff(path)
+    if fmt is not None and fmt is not MODEL_FILE:
+        return fmt.read(Path(path), None)
+    blob = read_checkpoint(path)
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        return load_model(path)
+    if model_name is None:
+        raise ModelError(f"{path} holds raw weights, not a cnnzip model file: say which architecture they belong "
+                         "to with --model NAME (see `cnnzip models`)")
+    model = create_model(model_name, num_classes=num_classes, **model_kwargs)
+    load_weights(model, blob)
+    return model.eval(), meta
