@@ -102,16 +102,19 @@ def capture_features(model: nn.Module, names: Iterable[str]) -> Iterator[dict[st
     handles = []
     try:
         for name in dict.fromkeys(names):
-            try:
-                module = model.get_submodule(name)
-            except AttributeError as exc:
-                raise ConfigError(f"the model has no layer {name!r} to read features from") from exc
-            handles.append(module.register_forward_hook(
+            handles.append(_layer(model, name).register_forward_hook(
                 lambda _m, _inputs, output, name=name: captured.__setitem__(name, output)))
         yield captured
     finally:
         for h in handles:
             h.remove()
+
+
+def _layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise ConfigError(f"the model has no layer {name!r} to read features from") from exc
 
 
 class _Batches(Protocol):
@@ -201,8 +204,8 @@ def fit(
     optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     features = [n for h in hooks for n in h.features]
-    with capture_features(model, features):  # every name checked before any work
-        pass
+    for name in features:  # checked before any work
+        _layer(model, name)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps_per_epoch = len(batches)

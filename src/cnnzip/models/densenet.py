@@ -152,26 +152,16 @@ def densenet_bc_100(num_classes: int = 10, *, in_channels: int = 3, width: float
 @register_model
 def densenet121(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0) -> DenseNetCifar:
     """DenseNet-121 layout (6, 12, 24, 16), growth 32, for 32x32 input (6.96M parameters)."""
-    return DenseNetCifar(
-        (6, 12, 24, 16),
-        32,
-        num_classes,
-        bottleneck=True,
-        compression=0.5,
-        in_channels=in_channels,
-        width=width,
-    )
+    return _imagenet_layout((6, 12, 24, 16), num_classes, in_channels, width)
 
 
 @register_model
 def densenet201(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0) -> DenseNetCifar:
     """DenseNet-201 layout (6, 12, 48, 32), growth 32, for 32x32 input (18.1M parameters)."""
-    return DenseNetCifar(
-        (6, 12, 48, 32),
-        32,
-        num_classes,
-        bottleneck=True,
-        compression=0.5,
-        in_channels=in_channels,
-        width=width,
-    )
+    return _imagenet_layout((6, 12, 48, 32), num_classes, in_channels, width)
+
+
+def _imagenet_layout(blocks: tuple[int, ...], num_classes: int, in_channels: int, width: float) -> DenseNetCifar:
+    """The ImageNet DenseNets' blocks: growth 32, bottlenecks, compression 0.5."""
+    return DenseNetCifar(blocks, 32, num_classes, bottleneck=True, compression=0.5, in_channels=in_channels,
+                         width=width)
