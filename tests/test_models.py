@@ -339,7 +339,7 @@ def test_garbage_file(tmp_path: Path) -> None:
 def test_file_with_code_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "objects.pt"
     torch.save({"conv1.weight": _NotATensor()}, path)
-    with pytest.raises(ModelError, match="weights_only.*_NotATensor.*state_dict"):
+    with pytest.raises(ModelError, match="refused.*would run code.*_NotATensor.*state_dict"):
         load_weights(create_model("resnet20"), path)
 
 
@@ -370,3 +370,27 @@ def test_shared_checkpoint_into_wrong_depth() -> None:
         load_weights(create_model("resnet56"), shared_checkpoint("resnet20"))
     with pytest.raises(ModelError, match="shortcut"):  # option-B model: the hint names the likely cause
         load_weights(create_model("resnet20", shortcut="B"), shared_checkpoint("resnet20"))
+
+
+class _RunsCode:
+    """Unpickling this writes a file: the proof that a loader ran code it was handed."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_file_that_would_run_code_is_refused_and_never_run(tmp_path):
+    from cnnzip.io import load_any
+
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": _RunsCode(str(marker))}, tmp_path / "zip.pt")
+    with open(tmp_path / "legacy.pt", "wb") as f:
+        pickle.dump(_RunsCode(str(marker)), f, protocol=2)
+    for name in ("zip.pt", "legacy.pt"):
+        with pytest.raises(ModelError, match="was refused: loading it would run code") as info:
+            load_any(tmp_path / name, "resnet20")
+        assert "weights_only" not in str(info.value) and "damaged" not in str(info.value)
+    assert not marker.exists()

@@ -242,3 +242,16 @@ def test_finetuner_trains_the_stages_asked_for_and_resumes_each_call(tmp_path):
     assert always.steps == 2 + 2 * (256 // 32)
     with pytest.raises(ConfigError, match="0 \\(none\\) or more"):
         Finetuner(Batches(), {"short": -1})
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_never_run(tmp_path):
+    import os
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+
+    torch.save({"format": "cnnzip.train-checkpoint", "payload": RunsCode()}, tmp_path / "ckpt.pt")
+    with pytest.raises(ConfigError, match="files that would run code are refused"):
+        fit(_model(), Batches(), TrainConfig(epochs=1), checkpoint=tmp_path / "ckpt.pt", progress=False)
+    assert not (tmp_path / "ran").exists()

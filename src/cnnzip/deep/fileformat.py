@@ -45,6 +45,7 @@ from ..io import (
     register_format,
 )
 from ..models import load_weights, removed_blocks
+from .header import check_header, read_header
 from .huffman import HuffmanStream, entropy_bits
 from .runs import decode_runs, encode_runs
 from .sharing import Codebook
@@ -236,19 +237,29 @@ def load_compressed(path: str | Path, model: nn.Module | None = None) -> tuple[n
     _, version, header_len = _PREFIX.unpack_from(blob)
     if version > VERSION:
         raise ModelError(f"{path} was written by a newer cnnzip (format {version}); upgrade cnnzip")
-    try:
-        header = json.loads(zlib.decompress(blob[_PREFIX.size:_PREFIX.size + header_len]))
-    except (zlib.error, ValueError) as exc:
-        raise ModelError(f"{path} is corrupt: its header cannot be read ({exc})") from exc
+    if header_len > len(blob) - _PREFIX.size - 32:
+        raise ModelError(f"{path} is corrupt: its header runs past the end of the file")
+    header = read_header(blob[_PREFIX.size:_PREFIX.size + header_len], path)
     payload = memoryview(blob)[_PREFIX.size + header_len:-32]
+    shapes = check_header(header, len(payload), path)
+    try:
+        return _decode(header, payload, shapes, model, path)
+    except ModelError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ModelError(f"{path} is corrupt: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever else a crafted file trips is still a bad file
+        raise ModelError(f"{path} is corrupt: {type(exc).__name__} while decoding it") from exc
 
+
+def _decode(header: dict, payload: memoryview, shapes: dict[str, tuple[int, ...]], model: nn.Module | None,
+            path: Path) -> tuple[nn.Module, ModelMeta]:
+    """The model from a checked header: the architecture is checked against `shapes` before it is built."""
     def read(sec: list[int]) -> bytes:
         start, length = sec
-        if start + length > len(payload):
-            raise ModelError(f"{path} is corrupt: a section runs past the end of the file")
         return bytes(payload[start:start + length])
 
-    model = rebuild(header["spec"], header["widths"], model, path, header.get("removed", ()))
+    model = rebuild(header["spec"], header["widths"], model, path, header.get("removed", ()), shapes=shapes)
     state: dict[str, torch.Tensor] = {}
     for entry in header["layers"]:
         streams = {

@@ -9,7 +9,7 @@ input, and loading compares them, so an architecture whose code changed is an er
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -69,15 +69,41 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
 
 
 def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None,
-            path: str | Path, removed: Sequence[str] = ()) -> nn.Module:
+            path: str | Path, removed: Sequence[str] = (),
+            shapes: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
     """The saved architecture, weights still to load: the zoo model from `spec` (or the caller's fresh `model`
-    for architectures outside the zoo), without the removed blocks, narrowed to the saved widths."""
+    for architectures outside the zoo), without the removed blocks, narrowed to the saved widths.
+
+    With `shapes` (the tensors the file holds, name -> shape), the architecture is first built on the meta
+    device, which allocates nothing, and must have exactly those tensors: a file whose header asks for more
+    than its own tensors justify is refused before any memory is taken.
+    """
+    if shapes is not None:
+        with torch.device("meta"):
+            skeleton = _build(spec, widths, copy.deepcopy(model).to("meta") if model is not None else None, path,
+                              removed)
+        built = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        held = {k: tuple(v) for k, v in shapes.items()}
+        wrong = sorted(k for k in built.keys() | held.keys()
+                       if built.get(k) != held.get(k) and not k.endswith("num_batches_tracked"))
+        if wrong:
+            raise ModelError(f"{path} is corrupt: its tensors do not fit the architecture it describes (first: "
+                             f"{wrong[0]} is {held.get(wrong[0])} in the file, {built.get(wrong[0])} in the "
+                             "architecture)")
+    return _build(spec, widths, model, path, removed)
+
+
+def _build(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None, path: str | Path,
+           removed: Sequence[str]) -> nn.Module:
     if model is None:
         if spec is None:
             raise ModelError(f"{path} holds a model from outside the zoo: load it with load(path, "
                              "model=YourNet()), passing a fresh instance of its class")
-        spec = dict(spec)
-        model = create_model(spec.pop("name"), **spec)
+        try:
+            spec = dict(spec)
+            model = create_model(spec.pop("name"), **spec)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelError(f"{path} describes an architecture cnnzip cannot build ({exc})") from exc
     try:
         remove_blocks(model, [n for n in removed if not isinstance(model.get_submodule(n), RemovedBlock)])
     except AttributeError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -49,8 +50,12 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
                          "(e.g. --model resnet56) so they can be loaded into it")
     if blob.get("version", 0) > VERSION:
         raise ModelError(f"{path} was written by a newer cnnzip (format version {blob['version']}); upgrade cnnzip")
-    model = rebuild(blob["spec"], blob.get("widths", {}), model, path, blob.get("removed", ()))
-    load_weights(model, blob["state_dict"])
+    state = blob.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} is corrupt: its state dict is not a dict of tensors")
+    model = rebuild(blob.get("spec"), blob.get("widths", {}), model, path, blob.get("removed", ()),
+                    shapes={k: v.shape for k, v in state.items()})
+    load_weights(model, state)
     meta = ModelMeta.from_dict(blob["meta"])
     if blob.get("probe") is not None:
         check_probe(model, meta.input_shape, blob["probe"], path)

@@ -117,9 +117,9 @@ def read_checkpoint(path: str | Path) -> Any:
         reason = _unpickler_reason(exc)
         if "global" in reason.lower():
             raise ModelError(
-                f"{path} holds Python objects that weights_only loading refuses because they could run code "
-                f"({reason}). Re-save it from trusted code as a plain state dict: "
-                f"torch.save(model.state_dict(), path)."
+                f"{path} was refused: loading it would run code or build Python objects ({reason}), and cnnzip "
+                f"reads only tensors and plain data. If you trust the file, re-save its weights from the code "
+                f"that made it: torch.save(model.state_dict(), path)."
             ) from exc
         raise ModelError(
             f"cannot read {path} as a PyTorch checkpoint, the file is damaged ({reason})"
@@ -134,16 +134,14 @@ def read_checkpoint(path: str | Path) -> Any:
 
 
 def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
-    """The one useful sentence in torch's long weights_only error ("Unsupported global: GLOBAL x.Y ...")."""
-    text = str(exc)
+    """The one useful sentence in torch's long weights_only error, without its advice to load unsafely."""
+    paragraphs = [p.strip() for p in str(exc).split("\n\n") if p.strip()]
+    useful = [p for p in paragraphs if not p.startswith(("Weights only load failed", "Check the documentation"))]
+    text = (useful or paragraphs or [type(exc).__name__])[0]
     marker = "WeightsUnpickler error:"
     if marker in text:
-        after = text.split(marker, 1)[1]
-        for line in after.splitlines():
-            if line.strip():
-                return line.strip().split(". ")[0].rstrip(".")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+        text = text.split(marker, 1)[1].strip() or text
+    return text.splitlines()[0].strip().split(". ")[0].rstrip(".")
 
 
 def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
