@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,12 @@ import pytest
 import torch
 
 from cnnzip.cli import main
+from cnnzip.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+PROGRESS = re.compile(r"^\[ *\d+\.\ds\] ")
 
 
 def run_cli(*args, timeout=300):
@@ -41,7 +46,8 @@ def test_user_errors_get_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    lines = [ln for ln in err.strip().splitlines() if not PROGRESS.match(ln)]  # progress lines come first
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("cnnzip: error: ")
 
 
 def test_raw_weights_without_architecture_are_explained(tmp_path, capsys):
@@ -154,7 +160,48 @@ def test_resume_refuses_other_data_or_weights(tmp_path, capsys):
     # Same directory, other batch size: refused with a clear message, not resumed silently.
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--lr", "0.05",
                  "--batch-size", "64"]) == 2
-    assert "batch_size" in capsys.readouterr().err
+    assert "other settings (--batch-size)" in capsys.readouterr().err
+
+
+def test_a_folder_holding_another_run_is_never_overwritten_silently(tmp_path, capsys):
+    out = tmp_path / "run"
+    train = ["train", "--epochs", "1", "--out", str(out), "--no-progress", "--quiet"]
+    assert main(train) == 0
+    model = out / "model.pt"
+    before = model.read_bytes()
+    capsys.readouterr()
+    # Another command into the same folder: refused before any work, the run left as it was.
+    assert main(["prune", str(model), "--ratio", "0.3", "--latency-batches", "none", "--out", str(out)]) == 2
+    assert "holds a `cnnzip train` run" in capsys.readouterr().err and model.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model.pt", "run.json"]
+    # The same run resumes, and says so; --overwrite replaces another one.
+    assert main(train[:-1]) == 0
+    assert "resuming the run in" in capsys.readouterr().err
+    assert main([*train, "--lr", "0.2", "--overwrite"]) == 0
+    assert json.loads((out / "run.json").read_text())["settings"]["lr"] == 0.2
+    # A folder of files that are not a cnnzip run is refused, even with --overwrite.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main([*train[:3], "--out", str(tmp_path / "mine"), "--overwrite", "--quiet"]) == 2
+    assert "not a cnnzip run" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "unwritable"])
+def test_a_bad_out_fails_at_once_in_one_line(tmp_path, capsys, monkeypatch, where):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = {"a file": blocker, "under a file": blocker / "run", "unwritable": tmp_path / "ro" / "run"}[where]
+    (tmp_path / "ro").mkdir(mode=0o500)
+    real_access = os.access  # root may write anywhere: deny it here, as the permission bits would for a user
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "ro" and real_access(p, mode))
+    commands = [["train", "--epochs", "50"]] + ([["export", str(blocker), "--model", "resnet20"]]
+                                                if where != "a file" else [])  # (export writes a file)
+    for args in commands:
+        started = time.perf_counter()
+        assert main([*args, "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and len(err.strip().splitlines()) == 1
+        assert time.perf_counter() - started < 5  # before any training
 
 
 def test_search_command_finds_and_resumes(tmp_path, capsys):
@@ -232,3 +279,49 @@ def test_dynamic_prune_and_fuse_commands(tmp_path, capsys, monkeypatch):
     assert "--recover-epochs" in capsys.readouterr().err
     assert main(["fuse", str(tmp_path / "dyn" / "pruned.pt"), "--long-epochs", "-2", "--out", str(tmp_path / "z")]) == 2
     assert "--long-epochs" in capsys.readouterr().err
+
+
+def test_misleading_or_silent_inputs_are_refused_with_the_options_name(tmp_path, capsys, monkeypatch):
+    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "t"), "--quiet", "--no-progress"]) == 0
+    model = tmp_path / "t" / "model.pt"
+    capsys.readouterr()
+    out = ["--out", str(tmp_path / "o"), "--quiet"]
+    for args, message in [
+        (["prune", str(model), "--ratio", "0.3", "--finetune-epochs", "-1"], "--finetune-epochs must be 0"),
+        (["deep-compress", str(model), "--centroid-epochs", "-2"], "--centroid-epochs must be 0"),
+        (["prune", str(model), "--ratio", "0.3", "--min-channels", "1000", "--latency-batches", "none"],
+         "nothing was removed: with --min-channels 1000"),
+        (["prune", str(model), "--ratio", "0.3", "--skip", "layer[1"], "--skip 'layer[1' is not a valid regular"),
+        (["eval", str(model), "--val-size", "-3"], "--val-size -3: give a count of images"),
+        (["dynamic-prune", str(model), "--drop", "-1"], "the drop is an accuracy difference in [0, 1)"),
+        (["fuse", str(model), "--every", "0"], "--every must be 1 or more"),
+        (["fuse", str(model), "--max-drop", "2"], "--max-drop is an accuracy drop in [0, 1)"),
+        (["train", "--threads", "0"], "--threads must be 1 or more"),
+    ]:
+        assert main([*args, *(out if args[0] != "eval" else ["--quiet"])]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+
+    # Weights that do not fit name their file; raw weights are checked before any data is read.
+    raw = tmp_path / "raw.pt"
+    torch.save(create_model("resnet20").state_dict(), raw)
+    assert main(["eval", str(raw), "--model", "vgg11", "--quiet"]) == 2
+    assert str(raw) in capsys.readouterr().err
+    import cnnzip.cli.options as options
+
+    monkeypatch.setattr(options, "load_dataset", lambda spec: pytest.fail("the data was read first"))
+    assert main(["eval", str(raw), "--data", "cifar10:/nowhere", "--quiet"]) == 2
+    assert "--model NAME" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    # Raw weights without --norm: the data's statistics, said out loud.
+    torch.save(create_model("small_cnn", in_channels=1).state_dict(), raw)
+    assert main(["eval", str(raw), "--model", "small_cnn", "--quiet"]) == 0
+    assert "--norm imagenet" in capsys.readouterr().err
+    # info reports a compressed file's own size, not that of an fp32 state dict.
+    assert main(["deep-compress", str(model), "--sparsity", "0.5", "--out", str(tmp_path / "dc"), "--quiet"]) == 0
+    capsys.readouterr()
+    cnnz = tmp_path / "dc" / "model.cnnz"
+    assert main(["info", str(cnnz), "--batch-sizes", "1", "--repeats", "2"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("file bytes"))
+    assert f"{cnnz.stat().st_size:,}" in line

@@ -12,8 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import CnnzipError
+import torch
+
+from ..errors import CnnzipError, ConfigError
 from . import deep_compress, demo, dynamic_prune, evaluate, export, fuse, info, models, prune, search, train
+from .options import add_common_args
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -27,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads must be 1 or more; got {args.threads}")
+            torch.set_num_threads(args.threads)
         return int(args.func(args) or 0)
     except CnnzipError as exc:
         print(f"cnnzip: error: {exc}", file=sys.stderr)
@@ -45,5 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION, epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter)
         command.add_arguments(s)
+        add_common_args(s)
         s.set_defaults(func=command.run)
     return p

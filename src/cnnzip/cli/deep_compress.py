@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..deep import MagnitudePruning, WeightSharing, deep_compress, load_compressed, save_compressed, sparsity
-from .options import add_data_args, add_model_args, prepare
+from .options import Progress, add_data_args, add_model_args, add_out_args, nonnegative, prepare, start_run
 
 NAME = "deep-compress"
 HELP = "magnitude pruning + weight sharing + Huffman coding into one file"
@@ -41,29 +40,36 @@ def add_arguments(s) -> None:
     s.add_argument("--no-augment", action="store_true")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-layer", action="store_true", help="print the size of every layer")
-    s.add_argument("--out", type=Path, default=Path("runs/deep"))
+    add_out_args(s, "runs/deep")
     s.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> int:
-    job = prepare(args)
-    test = job.evaluator(job.data.test, device="cpu")
+    nonnegative(args, "finetune_epochs", "centroid_epochs")
     pruning = None
     if args.sparsity is not None or args.std_multiplier is not None:
         pruning = MagnitudePruning(ratio=args.sparsity, std_multiplier=args.std_multiplier, scope=args.scope,
                                    skip=tuple(args.skip))
     sharing = WeightSharing(conv_bits=args.conv_bits, fc_bits=args.fc_bits, skip=tuple(args.skip))
+    say = Progress(args.quiet)
+    start_run(args, NAME, ("per_layer",), say=say)
+    job = prepare(args, say)
+    test = job.evaluator(job.data.test, device="cpu")
+    say("evaluating the original model on the test split")
     accuracy = {"original": test.evaluate(job.model).accuracy}
 
     def before_stage(stage, m):
         accuracy[f"{stage} (before fine-tune)"] = test.evaluate(m).accuracy
+        say(f"fine-tuning ({stage}) for {finetune.epochs[stage]} epochs")
 
     finetune = job.finetuner({"pruned": args.finetune_epochs, "shared": args.centroid_epochs}, on_start=before_stage,
                              sparsity=args.sparsity, std=args.std_multiplier, scope=args.scope, skip=args.skip,
                              bits=[args.conv_bits, args.fc_bits])
+    say("magnitude pruning and weight sharing (k-means per layer)")
     shared, books = deep_compress(job.model, pruning, sharing, finetune=finetune)
     accuracy["compressed"] = test.evaluate(shared).accuracy
     path = args.out / "model.cnnz"
+    say(f"Huffman coding into {path}, then reloading it to check")
     report = save_compressed(path, shared, books, job.out_meta(**{"from": str(args.model_path)}))
     loaded, _ = load_compressed(path)
     if test.evaluate(loaded).accuracy != accuracy["compressed"]:

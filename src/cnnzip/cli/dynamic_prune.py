@@ -9,7 +9,17 @@ from ..distill import Distillation
 from ..errors import ConfigError
 from ..measure import count_macs, count_parameters
 from ..prune.dynamic import DynamicPruning, dynamic_prune
-from .options import add_data_args, add_distill_args, add_finetune_args, add_model_args, prepare, some
+from .options import (
+    Progress,
+    add_data_args,
+    add_distill_args,
+    add_finetune_args,
+    add_model_args,
+    nonnegative,
+    prepare,
+    some,
+    start_run,
+)
 
 NAME = "dynamic-prune"
 HELP = "remove mostly-zero channels, threshold set by binary search on fine-tuned accuracy"
@@ -59,14 +69,17 @@ def add_arguments(s) -> None:
 
 
 def run(args) -> int:
-    job = prepare(args)
-    val = job.require_val("dynamic pruning measures sparsity and judges trials on a validation split")
+    nonnegative(args, "recover_epochs", "trial_images", "sparsity_images")
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1 (every trial is fine-tuned); got {args.epochs}")
     config = DynamicPruning(target=args.target_acc, drop=None if args.target_acc is not None else
                             (args.drop if args.drop is not None else 0.04), lower=args.lower, upper=args.upper,
                             tolerance=args.tolerance, iterations=args.iterations, min_channels=args.min_channels,
                             residual_stream=args.residual_stream, max_images=args.sparsity_images)
-    if args.recover_epochs < 0 or args.epochs < 1:
-        raise ConfigError("--epochs must be at least 1 and --recover-epochs 0 (no recovery) or more")
+    say = Progress(args.quiet)
+    start_run(args, NAME, ("iterations",), say=say)  # more iterations extend a run
+    job = prepare(args, say)
+    val = job.require_val("dynamic pruning measures sparsity and judges trials on a validation split")
     # More --iterations extend a run: the fine-tunes' checkpoints do not depend on them.
     key = str({k: v for k, v in asdict(config).items() if k != "iterations"})
     # (recorded only when given: runs from before the option still resume)
@@ -80,9 +93,10 @@ def run(args) -> int:
                 "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment,
                 **distill}
     model = job.model.cpu().eval()
+    say(f"dynamic pruning: {args.iterations} iterations, each a binary search on the threshold with fine-tuned trials")
     result = dynamic_prune(model, job.evaluator(val), finetune, config, job.out_meta(**{"from": str(args.model_path),
                            "dynamic": True}), args.out, recover=args.recover_epochs > 0, training=training,
-                           device=job.device)
+                           device=job.device, say=say)
     test = job.evaluator(job.data.test)
     accuracy = {"original": test.evaluate(model.cpu()).accuracy, "pruned": test.evaluate(result.model).accuracy}
     print(f"{'iter':>4} {'threshold':>9} {'removed':>8} {'MACs':>13} {'val acc':>8}  verdict")

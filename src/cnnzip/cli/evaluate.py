@@ -27,6 +27,7 @@ def run(args) -> int:
         raise ConfigError("--split val needs a validation split: set --val-size above 0")
     evaluator = job.evaluator(split, args.batch_size, device=job.device)
     model = job.model.to(job.device)
+    job.say(f"evaluating on {evaluator.total:,} {args.split} images")
     if args.target is None:
         r = evaluator.evaluate(model)
         print(f"{args.split} accuracy {r.accuracy:.4f} ({r.correct}/{r.total})")

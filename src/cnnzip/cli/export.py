@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import load_any
-from .options import parse_shape
+from .options import check_writable, parse_shape
 
 NAME = "export"
 HELP = "write a model as an ONNX file (checked against PyTorch)"
@@ -25,6 +25,7 @@ def add_arguments(s) -> None:
 def run(args) -> int:
     from ..deploy import export_onnx  # onnx is an optional extra
 
+    check_writable(args.out, "--out", directory=False)
     model, meta = load_any(args.model_path, args.model, num_classes=args.num_classes)
     shape = parse_shape(args.input_shape) if args.input_shape else (meta.input_shape if meta else (3, 32, 32))
     path = export_onnx(model, args.out, shape, opset=args.opset)

@@ -9,13 +9,16 @@ from ..io import save_model
 from ..prune.block_removal import BlockRemoval, fresh_copy, remove_thin_blocks
 from ..train import TrainConfig, fit
 from .options import (
+    Progress,
     add_data_args,
     add_distill_args,
     add_finetune_args,
     add_model_args,
+    nonnegative,
     prepare,
     run_fingerprint,
     some,
+    start_run,
 )
 
 NAME = "fuse"
@@ -53,13 +56,18 @@ def add_arguments(s) -> None:
 
 
 def run(args) -> int:
-    job = prepare(args)
-    val = job.require_val("layer fusion judges every step on a validation split")
-    if min(args.short_epochs, args.long_epochs, args.scratch_epochs) < 0:
-        raise ConfigError("--short-epochs, --long-epochs and --scratch-epochs must be 0 (none) or more")
+    nonnegative(args, "short_epochs", "long_epochs", "scratch_epochs", "short_images")
+    if args.every < 1:
+        raise ConfigError(f"--every must be 1 or more (a long fine-tune after that many removals); got {args.every}")
+    if not 0 <= args.max_drop < 1:
+        raise ConfigError(f"--max-drop is an accuracy drop in [0, 1), e.g. 0.03 for 3 points; got {args.max_drop}")
     config = BlockRemoval(loss=args.loss, temperature=args.temperature, alpha=args.alpha, short=not args.no_short,
                           long_every=args.every, max_drop=args.max_drop, max_width=args.max_width,
                           max_removals=args.max_removals)
+    say = Progress(args.quiet)
+    start_run(args, NAME, ("scratch_epochs",), say=say)
+    job = prepare(args, say)
+    val = job.require_val("layer fusion judges every step on a validation split")
     out_meta = job.out_meta(**{"from": str(args.model_path), "fused": True})
     batches = job.batches(job.train)
     short = job.batches(some(job.train, args.short_images, args.seed, "--short-images"))
@@ -68,7 +76,9 @@ def run(args) -> int:
     training = {"short_epochs": args.short_epochs, "short_images": args.short_images, "long_epochs": args.long_epochs,
                 "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment}
     model = job.model.cpu().eval()
-    result = remove_thin_blocks(model, job.evaluator(val), finetune, config, out_meta, args.out, training=training)
+    say("removing thin residual blocks one by one, each followed by a short fine-tune of its carrier")
+    result = remove_thin_blocks(model, job.evaluator(val), finetune, config, out_meta, args.out, training=training,
+                                say=say)
     test = job.evaluator(job.data.test)
     print(f"{'removed':>7} {'depth':>5} {'fused layers':>12} {'MACs':>13} {'val acc':>8}")
     for r in result.rows:
@@ -77,6 +87,7 @@ def run(args) -> int:
     report = {"config": config.__dict__, "rows": result.rows, "reference_val_accuracy": result.reference_accuracy,
               "test": {"pruned": test.evaluate(model).accuracy, "fused": test.evaluate(result.model).accuracy}}
     if args.scratch_epochs > 0:
+        say(f"training the final architecture from new weights for {args.scratch_epochs} epochs")
         scratch = fresh_copy(result.model, seed=args.seed)
         fit(scratch, batches, TrainConfig(epochs=args.scratch_epochs, lr=0.1, seed=args.seed), device=job.device,
             checkpoint=args.out / "scratch.pt", progress=not args.no_progress,

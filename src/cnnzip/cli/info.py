@@ -43,6 +43,7 @@ def run(args) -> int:
     fp = footprint(model, shape)
     lat = [measure_latency(model, shape, b, repeats=args.repeats) for b in int_list(args.batch_sizes, "--batch-sizes")]
     info = {"model": args.target, "input_shape": list(shape), **fp.as_dict(),
+            "file_bytes": Path(args.target).stat().st_size if Path(args.target).is_file() else None,
             "latency": [{"batch_size": x.batch_size, "median_ms": x.median_ms,
                          "images_per_second": x.images_per_second} for x in lat]}
     if args.json:
@@ -52,7 +53,9 @@ def run(args) -> int:
     print(f"parameters     {fp.parameters:,}  ({fp.nonzero:,} nonzero)")
     print(f"MACs           {fp.macs:,}  ({fp.macs / 1e6:.1f}M)")
     print(f"dense bytes    {fp.dense_bytes:,}")
-    print(f"saved bytes    {fp.saved_bytes:,}  (torch.save of the fp32 state dict)")
+    if meta is not None or Path(args.target).is_file():
+        print(f"file bytes     {Path(args.target).stat().st_size:,}  ({args.target} as it is on disk)")
+    print(f"fp32 bytes     {fp.saved_bytes:,}  (torch.save of the fp32 state dict)")
     for x in lat:
         print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s "
               f"({args.device}, eager)")

@@ -25,7 +25,8 @@ def run(args) -> int:
             small = name == "small_cnn"
             m = create_model(name, num_classes=10, **({"in_channels": 1} if small else {}))
             shape = (1, 8, 8) if small else (3, 32, 32)
-            print(f"{name:<18} {count_parameters(m) / 1e6:8.3f}M params {count_macs(m, shape) / 1e6:9.1f}M MACs")
+            print(f"{name:<18} {count_parameters(m) / 1e6:8.3f}M params {count_macs(m, shape) / 1e6:9.1f}M MACs",
+                  flush=True)
         else:
             print(name)
     return 0

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from dataclasses import dataclass
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +25,19 @@ from torch import nn
 from ..data import Loader, load_dataset, train_val_split
 from ..errors import ConfigError
 from ..finetune import Finetuner
-from ..io import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, load_any
+from ..io import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelMeta,
+    atomic_write_text,
+    differences,
+    is_model_file,
+    load_any,
+    needs_architecture,
+    sniff,
+)
 from ..measure import Evaluator
+from ..models import list_models, read_checkpoint
 from ..train import TrainConfig, select_device
 
 # ---------------------------------------------------------------- options
@@ -47,14 +64,113 @@ def add_finetune_args(s: argparse.ArgumentParser, out: str) -> None:
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--no-augment", action="store_true")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, default=Path(out))
+    add_out_args(s, out)
     s.add_argument("--no-progress", action="store_true")
+
+
+def add_out_args(s: argparse.ArgumentParser, out: str) -> None:
+    s.add_argument("--out", type=Path, default=Path(out), help=f"run directory (default {out}); rerunning the same "
+                   "command resumes the run in it")
+    s.add_argument("--overwrite", action="store_true", help="replace the run --out holds if it is another one")
+
+
+def add_common_args(s: argparse.ArgumentParser) -> None:
+    """Options every command takes."""
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def add_distill_args(s: argparse.ArgumentParser) -> None:
     """The distillation settings (Hinton et al. 2015) shared by the commands that distill."""
     s.add_argument("--temperature", type=float, default=4.0)
     s.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+
+
+# ---------------------------------------------------------------- progress and run directories
+
+
+@dataclass
+class Progress:
+    """One line per stage on stderr, with the time since the command started; silent with --quiet."""
+
+    quiet: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def __call__(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.started:7.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+RUN_FILE = "run.json"
+_ALWAYS_FREE = frozenset({"func", "no_progress", "quiet", "threads", "overwrite", "device", "fresh"})
+
+
+def _run_settings(args: argparse.Namespace, command: str, free: Iterable[str]) -> dict[str, Any]:
+    skip = _ALWAYS_FREE | set(free)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items()) if k not in skip}
+    return {"command": command, "settings": settings}
+
+
+def _flag(name: str) -> str:
+    return "MODEL" if name == "model_path" else "--" + name.replace("_", "-")
+
+
+def start_run(args: argparse.Namespace, command: str, free: Iterable[str] = (), say: Progress | None = None) -> Path:
+    """Claim --out for this run before any work: a writable directory that is empty, or holds this same run
+    (resumed), or another run that --overwrite replaces. Another run, or files that are no run, are refused."""
+    out = Path(args.out)
+    check_writable(out, "--out", directory=True)
+    ours = _run_settings(args, command, free)
+    files = [p for p in out.iterdir() if p.name != RUN_FILE] if out.is_dir() else []
+    if files:
+        try:
+            saved = json.loads((out / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict) or "settings" not in saved:
+            raise ConfigError(f"--out {out} holds files that are not a cnnzip run; choose another directory")
+        if saved.get("command") != command:
+            what = f"a `cnnzip {saved.get('command')}` run"
+        else:
+            diff = differences(saved["settings"], ours["settings"])
+            what = f"a run with other settings ({', '.join(_flag(k) for k in diff)})" if diff else None
+        if what is None:
+            if say is not None:
+                say(f"resuming the run in {out}")
+        elif getattr(args, "overwrite", False):
+            shutil.rmtree(out)
+            if say is not None:
+                say(f"--overwrite: removed {what} from {out}")
+        else:
+            raise ConfigError(f"--out {out} holds {what}; rerun with its options to resume it, add --overwrite to "
+                              "replace it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_FILE, json.dumps(ours, indent=2, default=str))
+    return out
+
+
+def check_writable(path: Path, option: str, directory: bool) -> None:
+    """Fail before any work when `path` cannot be written: it (or a folder above it) is a file, or not writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise ConfigError(f"{option} {path} is {'a file' if directory else 'a directory'}; give "
+                          f"{'a directory' if directory else 'a file name'}")
+    start = path if path.is_dir() else path.parent
+    for parent in [start, *start.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {path}: {parent} is a file, so nothing can be written under it")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{option} {path}: {parent} is not writable; choose another place")
+            return
+
+
+def nonnegative(args: argparse.Namespace, *names: str) -> None:
+    """Epoch and image counts: 0 means none; a negative count is a mistake, not 0."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{_flag(name)} must be 0 (none) or more; got {value}")
 
 
 # ---------------------------------------------------------------- what the options become
@@ -73,6 +189,7 @@ class Prepared:
     meta: Any | None  # the model file's ModelMeta; None for raw weights
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    say: Progress = field(default_factory=Progress)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -106,19 +223,41 @@ class Prepared:
                          evaluator=evaluator, progress=not self.args.no_progress, on_start=on_start)
 
 
-def prepare(args: argparse.Namespace) -> Prepared:
-    """Device, dataset and splits, the model from MODEL (checked against the data), and its normalisation."""
+def prepare(args: argparse.Namespace, say: Progress | None = None) -> Prepared:
+    """Device, dataset and splits, the model from MODEL (checked against the data), and its normalisation.
+
+    The model file is checked before the data is read, so a wrong file fails in a second, not after decoding.
+    """
+    say = say or Progress(getattr(args, "quiet", False))
     device = select_device(args.device)
+    check_model_file(args.model_path, args.model)
+    say(f"reading the data ({args.data})")
     ds, train, val = dataset(args)
+    say(f"loading {args.model_path}")
     model, meta = load_any(args.model_path, args.model, **model_kwargs(args, ds))
     check_fits(model, meta, ds, str(args.model_path))
     mean, std = norm(args.norm, meta, ds)
-    return Prepared(args, device, ds, train, val, model, meta, mean, std)
+    return Prepared(args, device, ds, train, val, model, meta, mean, std, say)
+
+
+def check_model_file(path: Path, model_name: str | None) -> None:
+    """MODEL exists, is a file cnnzip reads, and raw weights come with --model: all before any data is read."""
+    if model_name is not None and model_name not in list_models():
+        raise ConfigError(f"unknown --model {model_name!r}; see `cnnzip models`")
+    fmt = sniff(path) if Path(path).is_file() else None
+    if fmt is not None and fmt.name != "model file":
+        return
+    blob = read_checkpoint(path)  # a clear error for a missing, damaged or unsafe file
+    if model_name is None and not is_model_file(blob):
+        raise needs_architecture(path)
 
 
 def dataset(args: argparse.Namespace):
-    ds = load_dataset(args.data)
     val_size = args.val_size
+    if val_size is not None and (val_size < 0 or (val_size >= 1 and val_size != int(val_size))):
+        raise ConfigError(f"--val-size {val_size:g}: give a count of images (1 or more), a fraction in (0, 1), or "
+                          "0 for no validation split")
+    ds = load_dataset(args.data)
     if val_size is None:
         val_size = 5000 if len(ds.train) >= 20000 else 0.1
     elif val_size >= 1:
@@ -201,9 +340,16 @@ def model_kwargs(args: argparse.Namespace, ds) -> dict[str, Any]:
     return kwargs
 
 
-def norm(choice: str | None, meta, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def norm(choice: str | None, meta, ds, raw_weights: bool = True) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input normalisation: --norm, else the model file's, else the data's (with a note for raw weights)."""
     if choice is None:
-        return (tuple(meta.mean), tuple(meta.std)) if meta is not None else (ds.mean, ds.std)
+        if meta is not None:
+            return tuple(meta.mean), tuple(meta.std)
+        if raw_weights:
+            print("cnnzip: note: raw weights carry no input normalisation, so the data's own mean and std are used "
+                  "(--norm dataset); weights trained elsewhere often need --norm imagenet (the ../shared ResNets do)",
+                  file=sys.stderr)
+        return ds.mean, ds.std
     if choice == "dataset":
         return ds.mean, ds.std
     if choice == "imagenet":

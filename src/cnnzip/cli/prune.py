@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..io import save_model
 from ..prune import ChannelPruning, prune_channels, prune_to_macs
 from ..report import describe, format_table, ratio_row
-from .options import add_data_args, add_model_args, int_list, prepare
+from .options import (
+    Progress,
+    add_data_args,
+    add_model_args,
+    add_out_args,
+    int_list,
+    nonnegative,
+    prepare,
+    start_run,
+)
 
 NAME = "prune"
 HELP = "remove channels (structured pruning), verify, fine-tune, compare"
@@ -50,35 +59,49 @@ def add_arguments(s) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--latency-batches", default="1,256", help="batch sizes to time, comma-separated, or 'none'")
     s.add_argument("--latency-repeats", type=int, default=20)
-    s.add_argument("--out", type=Path, default=Path("runs/prune"))
+    add_out_args(s, "runs/prune")
     s.add_argument("--no-progress", action="store_true")
 
 
+FREE = ("latency_batches", "latency_repeats")  # they change what is measured, not the pruned model
+
+
 def run(args) -> int:
-    job = prepare(args)
+    nonnegative(args, "finetune_epochs")
     batches_latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
+    config = ChannelPruning(method=args.method, ratio=args.ratio, threshold=args.threshold, scope=args.scope,
+                            min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed)
+    say = Progress(args.quiet)
+    start_run(args, NAME, FREE, say=say)
+    job = prepare(args, say)
     test = job.evaluator(job.data.test, device="cpu")
 
     def measure(m, latency=True):
         return describe(m.cpu().eval(), job.shape, evaluator=test, latency_batches=batches_latency if latency else (),
                         repeats=args.latency_repeats)
 
+    say("measuring the original model (test accuracy, latency)")
     before = measure(job.model)
-    config = ChannelPruning(method=args.method, ratio=args.ratio, threshold=args.threshold, scope=args.scope,
-                            min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed)
+    say("finding coupled channels, pruning and verifying the surgery")
     example = torch.zeros(1, *job.shape)
     if args.macs_reduction is not None:
         result = prune_to_macs(job.model, config, example, args.macs_reduction)
     else:
         result = prune_channels(job.model, config, example)
+    if result.channels_removed == 0:
+        raise ConfigError(f"nothing was removed: with --min-channels {args.min_channels} and these settings no "
+                          "channel qualifies; lower --min-channels, or prune more")
     pruned = result.model
+    say(f"removed {result.channels_removed} channels; measuring the pruned model")
     rows = {"original": before}
     if args.finetune_epochs > 0:
         rows["pruned"] = measure(pruned, latency=False)
         validate = job.evaluator(job.val, on_device=True) if job.val is not None else None
         finetune = job.finetuner({"finetune": args.finetune_epochs}, evaluator=validate, pruning=config.__dict__,
                                  removed=result.removed)
+        say(f"fine-tuning for {args.finetune_epochs} epochs")
         finetune("finetune", pruned)
+        say("measuring the fine-tuned model")
         rows["pruned+finetuned"] = measure(pruned)
     else:
         rows["pruned"] = measure(pruned)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..io import load
 from ..search import Pipeline, SearchConfig, search
-from .options import add_data_args, add_model_args, prepare
+from .options import (
+    Progress,
+    add_data_args,
+    add_model_args,
+    add_out_args,
+    nonnegative,
+    prepare,
+    some,
+    start_run,
+)
 
 NAME = "search"
 HELP = "find the smallest file that meets a target accuracy (slimming + deep compression)"
@@ -53,25 +61,35 @@ def add_arguments(s) -> None:
     s.add_argument("--train-batch-size", type=int, default=128)
     s.add_argument("--no-augment", action="store_true")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-images", type=int, default=0, help="decide on this many images of the validation split "
+                   "(a fixed random subset; 0: all of it), without changing the split itself")
     s.add_argument("--no-progress", action="store_true")
-    s.add_argument("--out", type=Path, default=Path("runs/search"))
+    add_out_args(s, "runs/search")
+
+
+# A search stopped by a budget resumes with another one; the winner's fine-tunes do not change the trials.
+FREE = ("max_checks", "time_budget", "structured_epochs", "finetune_epochs", "centroid_epochs", "lr",
+        "train_batch_size", "no_augment")
 
 
 def run(args) -> int:
-    job = prepare(args)
-    val = job.require_val("a search decides on a validation split")
+    nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images")
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
                           fc_bits=args.fc_bits),
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
         margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget)
+    say = Progress(args.quiet)
+    start_run(args, NAME, FREE, say=say)
+    job = prepare(args, say)
+    val = some(job.require_val("a search decides on a validation split"), args.val_images, args.seed, "--val-images")
     epochs = {"structured": args.structured_epochs, "final": args.finetune_epochs, "shared": args.centroid_epochs}
     finetune = None
     if any(epochs.values()):
         finetune = job.finetuner(epochs, job.batches(job.train, args.train_batch_size),
                                  train_batch_size=args.train_batch_size, search=config.as_dict())
     result = search(job.model.cpu().eval(), job.evaluator(val, args.batch_size), job.out_meta(), config, args.out,
-                    finetune=finetune)
+                    finetune=finetune, say=say)
     cost = result.cost
     print(f"baseline validation accuracy {result.baseline_accuracy:.2%}; target {result.target:.2%}")
     print(f"{cost['checks']:.0f} accuracy checks, {cost['images']:,.0f} images evaluated, {cost['seconds']:.0f} s"
@@ -81,6 +99,7 @@ def run(args) -> int:
         return 1
     best = result.best
     winner, _ = load(result.path)
+    say("evaluating the winner once on the test split")
     test = job.evaluator(job.data.test, args.batch_size).evaluate(winner).accuracy
     names = dict(zip(config.pipeline.axes, best.ratios, strict=True))
     print(f"smallest passing: {', '.join(f'{k} ratio {v:.2f}' for k, v in names.items())}: {best.size:,} bytes, "

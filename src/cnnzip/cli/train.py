@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -12,7 +11,20 @@ from ..io import ModelMeta, load_any, save_model
 from ..models import create_model
 from ..prune import SparsityHook
 from ..train import TrainConfig, fit, select_device
-from .options import Prepared, add_data_args, check_fits, dataset, model_kwargs, norm, run_fingerprint
+from .options import (
+    Prepared,
+    Progress,
+    add_data_args,
+    add_out_args,
+    check_fits,
+    check_model_file,
+    dataset,
+    model_kwargs,
+    nonnegative,
+    norm,
+    run_fingerprint,
+    start_run,
+)
 
 NAME = "train"
 HELP = "train or fine-tune a model (resumable)"
@@ -44,15 +56,21 @@ def add_arguments(s) -> None:
     s.add_argument("--sparsity", type=float, default=0.0, metavar="LAMBDA", help="network slimming's sparsity "
                    "training: add LAMBDA * sign(gamma) to every BatchNorm scale's gradient (the paper: 1e-4)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
+    add_out_args(s, "runs/train")
     s.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out and start over")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    device = select_device(args.device)
-    ds, train, val = dataset(args)
+    say = Progress(args.quiet)
+    nonnegative(args, "epochs")
     name = args.model or "small_cnn"
+    if args.weights is not None:
+        check_model_file(args.weights, name)
+    device = select_device(args.device)
+    start_run(args, NAME, say=say)
+    say(f"reading the data ({args.data})")
+    ds, train, val = dataset(args)
     kwargs = model_kwargs(args, ds)
     if args.weights is not None:
         model, meta = load_any(args.weights, name, **kwargs)
@@ -60,8 +78,8 @@ def run(args) -> int:
     else:
         torch.manual_seed(args.seed)
         model, meta = create_model(name, **kwargs), None
-    mean, std = norm(args.norm, meta, ds)
-    job = Prepared(args, device, ds, train, val, model, meta, mean, std)
+    mean, std = norm(args.norm, meta, ds, raw_weights=args.weights is not None)
+    job = Prepared(args, device, ds, train, val, model, meta, mean, std, say)
     lr = args.lr if args.lr is not None else (0.01 if args.weights is not None else 0.1)
     config = TrainConfig(epochs=args.epochs, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
                          warmup_epochs=args.warmup_epochs, seed=args.seed)
@@ -70,12 +88,14 @@ def run(args) -> int:
     if args.fresh and checkpoint.exists():
         checkpoint.unlink()
     if checkpoint.exists():
-        print(f"resuming from {checkpoint}", file=sys.stderr)
+        say(f"resuming from {checkpoint}")
+    say(f"training {name} for {args.epochs} epochs")
     evaluator = job.evaluator(val, on_device=True) if val is not None else None
     hooks = [SparsityHook(args.sparsity)] if args.sparsity else []
     fingerprint = run_fingerprint(args, model=name, width=args.width, sparsity=args.sparsity)
     result = fit(model, job.batches(train), config, hooks=hooks, evaluator=evaluator, checkpoint=checkpoint,
                  device=device, progress=not args.no_progress, fingerprint=fingerprint)
+    say("evaluating on the test split")
     test = job.evaluator(ds.test, on_device=True).evaluate(model)
     meta = ModelMeta(mean, std, job.shape, ds.classes, notes={"trained_on": ds.name, "train_config": config.__dict__})
     save_model(out / "model.pt", model, meta)

@@ -8,14 +8,13 @@ momentum and weight decay cannot revive them.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, layer_patterns
 from ..train import TrainHook
 
 __all__ = ["MagnitudePruning", "MaskHook", "prunable_weights", "magnitude_masks", "prune_magnitude",
@@ -47,11 +46,12 @@ class MagnitudePruning:
         if self.scope not in ("global", "layer"):
             raise ConfigError(f"scope must be global or layer; got {self.scope!r}")
         object.__setattr__(self, "skip", tuple(self.skip))
+        layer_patterns(self.skip, "--skip")
 
 
 def prunable_weights(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Parameter]:
     """The conv and linear weight tensors, by parameter name (`layer1.0.conv1.weight`)."""
-    patterns = [re.compile(p) for p in skip]
+    patterns = layer_patterns(skip, "--skip")
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, layer_patterns
 from ..train import TrainHook
 from .magnitude import prunable_weights
 
@@ -41,6 +41,7 @@ class WeightSharing:
         if self.max_iter < 1:
             raise ConfigError("max_iter must be >= 1")
         object.__setattr__(self, "skip", tuple(self.skip))
+        layer_patterns(self.skip, "--skip")
 
     def bits_for(self, module: nn.Module) -> int:
         return self.fc_bits if isinstance(module, nn.Linear) else self.conv_bits

@@ -17,10 +17,10 @@ from ..errors import ModelError
 from ..models import create_model, load_weights, read_checkpoint, removed_blocks
 from .architecture import check_probe, layer_widths, probe_output, rebuild
 from .atomic import atomic_save
-from .meta import IMAGENET_MEAN, IMAGENET_STD, ModelMeta
+from .meta import ModelMeta
 from .registry import register_format, sniff
 
-__all__ = ["ModelMeta", "save_model", "load_model", "load_any", "IMAGENET_MEAN", "IMAGENET_STD", "FORMAT"]
+__all__ = ["save_model", "load_model", "load_any", "is_model_file", "needs_architecture", "FORMAT"]
 
 FORMAT = "cnnzip.model"
 VERSION = 1
@@ -66,6 +66,16 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
 MODEL_FILE = register_format("model file", (b"PK\x03\x04", b"\x80"), load_model, ".pt")
 
 
+def is_model_file(blob: Any) -> bool:
+    """Whether a torch file's contents (from `read_checkpoint`) are a cnnzip model file, not raw weights."""
+    return isinstance(blob, dict) and blob.get("format") == FORMAT
+
+
+def needs_architecture(path: str | Path) -> ModelError:
+    return ModelError(f"{path} holds raw weights, not a cnnzip model file: say which architecture they belong to "
+                      "with --model NAME (see `cnnzip models`)")
+
+
 def load_any(path: str | Path, model_name: str | None = None, num_classes: int = 10,
              meta: ModelMeta | None = None, **model_kwargs: Any) -> tuple[nn.Module, ModelMeta | None]:
     """Any file cnnzip wrote (see `registry.load`), or raw weights (a state dict or checkpoint) put in `model_name`."""
@@ -73,11 +83,10 @@ def load_any(path: str | Path, model_name: str | None = None, num_classes: int =
     if fmt is not None and fmt is not MODEL_FILE:
         return fmt.read(Path(path), None)
     blob = read_checkpoint(path)
-    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+    if is_model_file(blob):
         return load_model(path)
     if model_name is None:
-        raise ModelError(f"{path} holds raw weights, not a cnnzip model file: say which architecture they belong "
-                         "to with --model NAME (see `cnnzip models`)")
+        raise needs_architecture(path)
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)
-    load_weights(model, blob)
+    load_weights(model, blob, source=str(path))
     return model.eval(), meta

@@ -34,19 +34,20 @@ _FIX_HINT = (
 PathOrStateDict = str | os.PathLike[str] | Mapping[str, Any]
 
 
-def load_weights(model: nn.Module, path_or_state_dict: PathOrStateDict, strict: bool = True) -> nn.Module:
+def load_weights(model: nn.Module, path_or_state_dict: PathOrStateDict, strict: bool = True,
+                 source: str | None = None) -> nn.Module:
     """Load a checkpoint file or state dict into `model` in place and return `model`.
 
     Accepts plain state dicts and dicts that nest one under `state_dict`, `model`, `model_state_dict` or
     `net`; strips `module.` (DataParallel) and `_orig_mod.` (torch.compile) prefixes. Files are read with
-    `weights_only=True`, so a checkpoint cannot run code.
+    `weights_only=True`, so a checkpoint cannot run code. `source` names a state dict's file in messages.
 
     With `strict=True` any missing, unexpected or wrongly shaped tensor raises ModelError naming the first
     one. With `strict=False` the tensors whose name and shape match are loaded, the rest are skipped with a
     warning, and ModelError is raised only if nothing matches.
     """
     if isinstance(path_or_state_dict, Mapping):
-        source = "the given state dict"
+        source = source or "the given state dict"
         state = _unwrap(path_or_state_dict, source)
     elif isinstance(path_or_state_dict, (str, os.PathLike)):
         path = Path(path_or_state_dict)

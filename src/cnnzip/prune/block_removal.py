@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,14 +150,16 @@ STAGES = ("short", "long")
 
 
 def remove_thin_blocks(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: BlockRemoval,
-                       meta: ModelMeta, run_dir: str | Path, *,
-                       training: dict[str, Any] | None = None) -> BlockRemovalResult:
+                       meta: ModelMeta, run_dir: str | Path, *, training: dict[str, Any] | None = None,
+                       say: Callable[[str], None] | None = None) -> BlockRemovalResult:
     """Remove blocks of the (pruned) `model`, which is also the teacher; the caller's model is not changed.
 
     `finetune` is called with stage "short" (with `parameters`: the carrier's only) after each removal, and
     with stage "long" (everything) every `long_every` removals. Writes `run_dir/state.json`, `run_dir/current.pt` and one `fused-<k>.pt` per snapshot.
     `training` describes what the fine-tunes do (epochs, images...): a run resumed with other training is refused.
+    `say(text)` hears one line per removal and per snapshot.
     """
+    say = say or (lambda text: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     shape = tuple(meta.input_shape)
@@ -188,6 +190,8 @@ def remove_thin_blocks(model: nn.Module, evaluator: Evaluator, finetune: Finetun
         done = pick is None or (config.max_removals is not None and k >= config.max_removals)
         if not done:
             material, carrier = pick
+            say(f"removing {material.name} ({material.width} channels wide)"
+                + (f", carried by {carrier.name}" if carrier else ""))
             remove_blocks(current, [material.name])
             if config.short and carrier is not None:
                 finetune("short", current, hooks(), tag=f"short-{k + 1}",
@@ -201,6 +205,7 @@ def remove_thin_blocks(model: nn.Module, evaluator: Evaluator, finetune: Finetun
             finetune("long", current, hooks(), tag=f"long-{k}")
             current.cpu().eval()
             acc = evaluator.evaluate(current).accuracy
+            say(f"{k} blocks removed, after the long fine-tune: accuracy {acc:.2%} (floor {floor:.2%})")
             if acc >= floor:
                 path = run / f"fused-{k}.pt"
                 save_model(path, current, meta)

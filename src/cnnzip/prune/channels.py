@@ -8,13 +8,12 @@ channels zeroed, and a surgery that does not match is never returned.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, layer_patterns
 from ..measure import count_macs
 from .graph import ChannelGraph, analyze, attempt, find_failing, probe_input
 from .importance import IMPORTANCE, get_importance, random_scores
@@ -66,6 +65,7 @@ class ChannelPruning:
         if self.min_channels < 1:
             raise ConfigError(f"min_channels must be >= 1; got {self.min_channels}")
         object.__setattr__(self, "skip", tuple(self.skip))
+        layer_patterns(self.skip, "--skip")
 
     @property
     def resolved_scope(self) -> str:
@@ -156,7 +156,7 @@ def _named_widths(graph: ChannelGraph, groups, widths: dict[str, int]) -> dict:
     """group -> channels it keeps, for every group whose root (or a layer whose outputs it holds) is named."""
     out = {}
     for key, keep in widths.items():
-        pattern = re.compile(key)
+        pattern = layer_patterns([key], "widths")[0]
         hit = [g for g in groups if pattern.fullmatch(g.name)
                or any(m.kind == "out" and pattern.fullmatch(m.name) for m in g.members)]
         if not hit:

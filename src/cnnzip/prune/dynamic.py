@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,10 @@ class DynamicPruning:
     def __post_init__(self) -> None:
         if (self.target is None) == (self.drop is None):
             raise ConfigError("give exactly one of target (an accuracy) and drop (points below the baseline)")
+        if self.target is not None and not 0 < self.target <= 1:
+            raise ConfigError(f"the target is an accuracy in (0, 1], e.g. 0.9; got {self.target}")
+        if self.drop is not None and not 0 <= self.drop < 1:
+            raise ConfigError(f"the drop is an accuracy difference in [0, 1), e.g. 0.01 for one point; got {self.drop}")
         if not 0 <= self.lower < self.upper <= 1:
             raise ConfigError(f"need 0 <= lower < upper <= 1 for the threshold interval; got {self.lower}, "
                               f"{self.upper}")
@@ -208,7 +212,8 @@ class _RunLog:
 
 def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: DynamicPruning,
                   meta: ModelMeta, run_dir: str | Path, *, recover: bool = False,
-                  training: dict[str, Any] | None = None, device: torch.device | str = "cpu") -> DynamicResult:
+                  training: dict[str, Any] | None = None, device: torch.device | str = "cpu",
+                  say: Callable[[str], None] | None = None) -> DynamicResult:
     """Run the dynamic pruning; the caller's model is not changed.
 
     `evaluator` holds the validation split: it measures channel sparsity and judges every trial. `finetune` is
@@ -216,8 +221,9 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
     stage "recover" for each iteration's winner. Writes `run_dir/state.json`, one model file per trial (and per
     recovered winner), and `run_dir/pruned.pt`. `training` describes what the fine-tunes do (epochs, images,
     learning rate...): a run resumed with other training is refused rather than mixed. More `iterations`
-    extend a run; fewer are refused.
+    extend a run; fewer are refused. `say(text)` hears one line per trial.
     """
+    say = say or (lambda text: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
@@ -254,6 +260,8 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
                 plan = sparsity_plan(sparsity, threshold, config.min_channels, groups)
                 rec = log.add_trial(_trial(graph, plan, it, threshold, target, accuracy, evaluator, finetune,
                                            meta, run))
+            say(f"iteration {it + 1}, threshold {threshold:.4f}: {rec.removed} channels removed, accuracy "
+                f"{rec.accuracy:.2%} {'meets' if rec.passed else 'misses'} {target:.2%}")
             if rec.passed and rec.removed and (best is None or rec.macs < best.macs):
                 best = rec
             search.feedback(rec.passed)

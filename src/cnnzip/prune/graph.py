@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, layer_patterns
 
 __all__ = ["ChannelGroup", "ChannelGraph", "Member", "Surgery", "analyze", "attempt", "check_equivalent", "find_failing",
            "probe_input", "TOLERANCE"]
@@ -152,7 +152,7 @@ def analyze(
     example_input = example_input.to(device)
     model_was_training = model.training
     model.eval()
-    patterns = [re.compile(p) for p in skip]
+    patterns = layer_patterns(skip, "--skip")
     dg = tp.DependencyGraph()
     op_owner = _record_op_owners(model)
     try:

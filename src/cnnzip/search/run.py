@@ -8,6 +8,8 @@ directory resumes it: recorded trials are replayed, not recomputed.
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,13 +103,16 @@ def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
 
 
 def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: SearchConfig,
-           run_dir: str | Path, finetune: Finetune | None = None) -> SearchResult:
+           run_dir: str | Path, finetune: Finetune | None = None,
+           say: Callable[[str], None] | None = None) -> SearchResult:
     """Search for the smallest candidate whose accuracy on `evaluator` (a validation split) meets the target.
 
     The caller's model is not changed. The winner is written to `run_dir` and its trials to trials.jsonl.
     Trials are never fine-tuned (that would multiply the cost by the epochs); the winner is rebuilt with
     `finetune` if given (see `candidates.STAGES`). The written file is reloaded and evaluated in full.
+    `say(text)` hears one line per stage and per accuracy check.
     """
+    say = say or (lambda text: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.json"
@@ -117,11 +122,17 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     if config_path.exists():
         refuse_changes(json.loads(config_path.read_text()), settings, run, "search", free=budgets)
     atomic_write_text(config_path, json.dumps(settings, indent=2))
+    say("evaluating the baseline on the validation split")
     baseline = evaluator.evaluate(model).accuracy
     target = resolve_target(config, baseline)
     compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp")
     trials = Trials(compressor, evaluator, target, config.grid, run / "trials.jsonl", strategy=config.strategy,
-                    early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget)
+                    early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget,
+                    say=say)
+    if trials.done:
+        say(f"resuming: {len(trials.done)} accuracy checks already recorded in {trials.log}")
+    say(f"searching ({config.strategy}, {config.pipeline.order}) for the smallest file at validation accuracy >= "
+        f"{target:.2%} (baseline {baseline:.2%})")
     strategy = STRATEGIES[config.strategy]
     n = len(config.grid)
     best = strategy(trials, n) if config.strategy == "grid" else strategy(trials, n, config.margin)
@@ -129,6 +140,7 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     if best is not None:
         suffix = ".cnnz" if "dc" in config.pipeline.axes else ".pt"
         path = run / f"best{suffix}"
+        say(f"writing the winner to {path}" + (" (fine-tuned)" if finetune is not None else ""))
         compressor.build(best.ratios, keep_file=path, finetune=finetune)
         final_accuracy = evaluator.evaluate(load(path)[0]).accuracy
         final_size = path.stat().st_size
@@ -143,4 +155,5 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
         if result.sweep:
             plot_margin_sweep(result.sweep, run / "margin_sweep.png", f"margin sweep, target {target:.2%}")
     (run / "result.json").write_text(json.dumps(result.as_dict(), indent=2))
+    shutil.rmtree(run / "tmp", ignore_errors=True)  # the scratch file of the last candidate
     return result

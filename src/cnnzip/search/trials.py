@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,9 @@ class Trials:
 
     def __init__(self, compressor: Compressor, evaluator: Evaluator, target: float, grid: list[float],
                  log: str | Path, *, strategy: str, early_exit: bool, max_checks: int | None = None,
-                 time_budget: float | None = None) -> None:
+                 time_budget: float | None = None, say: Callable[[str], None] | None = None) -> None:
         self.compressor, self.evaluator, self.target, self.grid = compressor, evaluator, target, grid
+        self.say = say or (lambda text: None)
         self.strategy, self.early_exit = strategy, early_exit
         self.max_checks, self.time_budget = max_checks, time_budget
         self.log = Path(log)
@@ -120,6 +122,9 @@ class Trials:
         self.done[index] = self.asked[index] = trial
         self.new_checks += 1
         self._append(trial)
+        ratios = ", ".join(f"{a} {r:.2f}" for a, r in zip(self.axes, trial.ratios, strict=True))
+        self.say(f"check {len(self.done)}: {ratios}: {trial.size:,} bytes, accuracy {trial.accuracy:.2%}"
+                 f"{'' if trial.complete else ' (early exit)'}: {'meets' if trial.passed else 'misses'} the target")
         return trial
 
     def _append(self, trial: Trial) -> None:
