@@ -57,11 +57,22 @@ def test_raw_weights_without_architecture_are_explained(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
 
 
-def test_demo_trains_digits():
-    r = run_cli("demo", "--epochs", "8")
+def test_demo_runs_the_main_job_and_reports_it(tmp_path):
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    line = next(ln for ln in r.stdout.splitlines() if "test accuracy" in ln)
-    assert float(line.split("test accuracy")[1].strip().rstrip("%")) > 90.0
+    lines = r.stdout.splitlines()
+    # The before/after table: the compressed file is smaller and meets the target on the validation split.
+    size = next(ln for ln in lines if ln.startswith("file bytes")).split()
+    before, after = int(size[2].replace(",", "")), int(size[3].replace(",", ""))
+    assert after == (out / "search" / "best.cnnz").stat().st_size and after < before / 3
+    assert before == (out / "model.pt").stat().st_size
+    val = next(ln for ln in lines if ln.startswith("validation accuracy")).split()
+    assert float(val[4]) >= -1.0  # within the one point asked for
+    test = next(ln for ln in lines if ln.startswith("test accuracy")).split()
+    assert float(test[3].rstrip("%")) > 90.0
+    assert "report" in lines[-1] and (out / "report.html").exists()
+    assert "check 1:" in r.stderr  # progress, one line per accuracy check
 
 
 def test_train_eval_info_round_trip(tmp_path, capsys):
@@ -104,10 +115,9 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_prune_finetune_and_export(tmp_path, capsys):
+def test_prune_finetune_and_export(tmp_path, capsys, digits_model):
     pytest.importorskip("onnxruntime")
-    model = tmp_path / "digits.pt"
-    assert main(["demo", "--epochs", "4", "--out", str(model)]) == 0
+    model = digits_model(4)
     out = tmp_path / "pruned"
     args = ["prune", str(model), "--method", "fpgm", "--ratio", "0.5", "--finetune-epochs", "2", "--lr", "0.05",
             "--out", str(out), "--no-progress", "--latency-batches", "1,8", "--latency-repeats", "3"]
@@ -138,9 +148,8 @@ def test_train_with_sparsity_shrinks_gammas(tmp_path):
     assert gamma_sum(sparse) < 0.8 * gamma_sum(dense)
 
 
-def test_mismatched_model_and_data_and_bad_lists(tmp_path, capsys):
-    model = tmp_path / "digits.pt"
-    assert main(["demo", "--epochs", "1", "--out", str(model)]) == 0
+def test_mismatched_model_and_data_and_bad_lists(tmp_path, capsys, digits_model):
+    model = digits_model(1)
     capsys.readouterr()
     for args, message in [
         (["eval", str(model), "--data", "cifar10:" + str(tmp_path / "nope")], "nope"),
@@ -173,7 +182,8 @@ def test_a_folder_holding_another_run_is_never_overwritten_silently(tmp_path, ca
     # Another command into the same folder: refused before any work, the run left as it was.
     assert main(["prune", str(model), "--ratio", "0.3", "--latency-batches", "none", "--out", str(out)]) == 2
     assert "holds a `cnnzip train` run" in capsys.readouterr().err and model.read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model.pt", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model.pt", "report.html",
+                                                    "run.json"]
     # The same run resumes, and says so; --overwrite replaces another one.
     assert main(train[:-1]) == 0
     assert "resuming the run in" in capsys.readouterr().err
@@ -204,9 +214,8 @@ def test_a_bad_out_fails_at_once_in_one_line(tmp_path, capsys, monkeypatch, wher
         assert time.perf_counter() - started < 5  # before any training
 
 
-def test_search_command_finds_and_resumes(tmp_path, capsys):
-    model = tmp_path / "digits.pt"
-    assert main(["demo", "--epochs", "5", "--out", str(model)]) == 0
+def test_search_command_finds_and_resumes(tmp_path, capsys, digits_model):
+    model = digits_model(5)
     args = ["search", str(model), "--drop", "0.03", "--step", "0.25", "--max-ratio", "0.75", "--margin", "1",
             "--conv-bits", "5", "--out", str(tmp_path / "s")]
     capsys.readouterr()

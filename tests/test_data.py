@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -138,11 +139,22 @@ def make_tree(root: Path, size: tuple[int, int] = (5, 6), seed: int = 0) -> dict
 
 
 def make_archive(tree_root: Path, archive: Path, wrapper: str | None = None) -> Path:
-    mode = "w:gz" if archive.name.endswith((".gz", ".tgz")) else "w"
-    with tarfile.open(archive, mode) as tf:
-        for split in ("train", "test"):
-            arcname = f"{wrapper}/{split}" if wrapper else split
-            tf.add(tree_root / split, arcname=arcname)
+    """The same bytes on every run (no timestamps, owners or file-system order), so cutting it is repeatable."""
+    def fixed(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    with open(archive, "wb") as raw:
+        gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if archive.name.endswith((".gz", ".tgz")) else None
+        with tarfile.open(fileobj=gz or raw, mode="w") as tf:
+            for split in ("train", "test"):
+                for path in sorted((tree_root / split).rglob("*")):
+                    name = path.relative_to(tree_root).as_posix()
+                    arcname = f"{wrapper}/{name}" if wrapper else name
+                    tf.add(path, arcname=arcname, recursive=False, filter=fixed)
+        if gz is not None:
+            gz.close()
     return archive
 
 

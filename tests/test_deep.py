@@ -222,11 +222,10 @@ def test_sizes_are_consistent_and_streams_near_entropy(tmp_path):
     assert coded <= 1.01 * entropy + 64 * len(report.layers)  # within 1% (+ a byte of padding per stream)
 
 
-def test_cli_deep_compress_eval_info(tmp_path, capsys):
+def test_cli_deep_compress_eval_info(tmp_path, capsys, digits_model):
     from cnnzip.cli import main
 
-    model = tmp_path / "digits.pt"
-    assert main(["demo", "--epochs", "4", "--out", str(model)]) == 0
+    model = digits_model(4)
     out = tmp_path / "dc"
     assert main(["deep-compress", str(model), "--sparsity", "0.7", "--finetune-epochs", "1", "--lr", "0.02",
                  "--conv-bits", "5", "--fc-bits", "4", "--out", str(out), "--no-progress", "--per-layer"]) == 0

@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 
 from ..deep import MagnitudePruning, WeightSharing, deep_compress, load_compressed, save_compressed, sparsity
-from .options import Progress, add_data_args, add_model_args, add_out_args, nonnegative, prepare, start_run
+from ..report import Section, stage_sizes_plot
+from .options import (
+    Progress,
+    add_data_args,
+    add_model_args,
+    add_out_args,
+    nonnegative,
+    prepare,
+    start_run,
+    write_run_report,
+)
 
 NAME = "deep-compress"
 HELP = "magnitude pruning + weight sharing + Huffman coding into one file"
@@ -89,4 +99,14 @@ def run(args) -> int:
           f"{totals['ratio']:.1f}x smaller")
     print(f"sparsity {sparsity(shared, args.skip):.1%}; " + "; ".join(f"{k} {v:.2%}" for k, v in accuracy.items())
           + " (test accuracy; the file reloads to the same accuracy)")
+    layers = [layer.__dict__ for layer in report.layers]
+    write_run_report(args, NAME, [
+        Section("Result", f"{path.name}: {totals['file']:,.0f} bytes, {totals['ratio']:.1f}x smaller than the fp32 "
+                f"state dict; sparsity {sparsity(shared, args.skip):.1%}.",
+                [["model", "test accuracy"]] + [[k, f"{v:.2%}"] for k, v in accuracy.items()]),
+        Section("Bytes per layer at each stage", "The file holds the Huffman column, beside the entropy bound.",
+                [["layer", "layout", "fp32", "pruned", "shared", "huffman", "entropy"]]
+                + [[x["name"], x["layout"], x["dense_fp32"], x["pruned_sparse"], x["shared"], x["huffman"],
+                    round(x["entropy"])] for x in layers],
+                images=[("bytes per layer at each stage (log scale)", stage_sizes_plot(layers))])])
     return 0

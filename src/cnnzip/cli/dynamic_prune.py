@@ -9,6 +9,7 @@ from ..distill import Distillation
 from ..errors import ConfigError
 from ..measure import count_macs, count_parameters
 from ..prune.dynamic import DynamicPruning, dynamic_prune
+from ..report import Section, size_accuracy_plot
 from .options import (
     Progress,
     add_data_args,
@@ -19,6 +20,7 @@ from .options import (
     prepare,
     some,
     start_run,
+    write_run_report,
 )
 
 NAME = "dynamic-prune"
@@ -121,4 +123,13 @@ def run(args) -> int:
               "macs_check": count_macs(result.model, job.shape)}
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"saved {result.path}")
+    write_run_report(args, NAME, [
+        Section("Result", f"MACs {before:,} -> {after:,} ({1 - after / before:.1%} fewer); validation accuracy "
+                f"{result.baseline_accuracy:.2%} -> {result.accuracy:.2%} (target {result.target:.2%}); test accuracy "
+                f"(once) {accuracy['original']:.2%} -> {accuracy['pruned']:.2%}."),
+        Section("Every trial", "", [["iteration", "threshold", "channels removed", "MACs", "accuracy", "meets"]]
+                + [[t.iteration + 1, t.threshold, t.removed, t.macs, f"{t.accuracy:.2%}", t.passed]
+                   for t in result.trials],
+                images=[("accuracy against MACs, one dot per trial", size_accuracy_plot(
+                    [(t.macs, t.accuracy, t.passed) for t in result.trials], result.target, "MACs"))])])
     return 0

@@ -7,6 +7,7 @@ import json
 from ..errors import ConfigError
 from ..io import save_model
 from ..prune.block_removal import BlockRemoval, fresh_copy, remove_thin_blocks
+from ..report import Section, size_accuracy_plot
 from ..train import TrainConfig, fit
 from .options import (
     Progress,
@@ -19,6 +20,7 @@ from .options import (
     run_fingerprint,
     some,
     start_run,
+    write_run_report,
 )
 
 NAME = "fuse"
@@ -103,4 +105,14 @@ def run(args) -> int:
     else:
         print(f"no fused model stayed within {args.max_drop:.1%} of MODEL's validation accuracy; try more "
               "--short-epochs/--long-epochs, a larger --max-drop, or --every 1")
+    floor = result.reference_accuracy - args.max_drop
+    write_run_report(args, NAME, [
+        Section("Result", "Test accuracy (once): " + ", ".join(f"{k} {v:.2%}" for k, v in report["test"].items())
+                + "."),
+        Section("After each long fine-tune", f"Snapshots are kept while validation accuracy stays at or above "
+                f"{floor:.2%}.", [["blocks removed", "depth", "fused layers", "MACs", "accuracy", "kept"]]
+                + [[r["removed"], r["depth"], r["fused_layers"], r["macs"], f"{r['accuracy']:.2%}", bool(r["file"])]
+                   for r in result.rows],
+                images=[("accuracy against MACs", size_accuracy_plot(
+                    [(r["macs"], r["accuracy"], r["accuracy"] >= floor) for r in result.rows], floor, "MACs"))])])
     return 0

@@ -165,6 +165,16 @@ def check_writable(path: Path, option: str, directory: bool) -> None:
             return
 
 
+def write_run_report(args: argparse.Namespace, command: str, sections: list) -> Path:
+    """OUT/report.html for a command's run (see report.html), and one line that says where it is."""
+    from ..report import write_report
+
+    path = write_report(Path(args.out) / "report.html", f"cnnzip {command}", sections,
+                        subtitle=f"MODEL {getattr(args, 'model_path', '-')}, data {getattr(args, 'data', '-')}.")
+    print(f"report {path}")
+    return path
+
+
 def nonnegative(args: argparse.Namespace, *names: str) -> None:
     """Epoch and image counts: 0 means none; a negative count is a mistake, not 0."""
     for name in names:

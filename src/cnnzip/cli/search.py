@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..io import load
+from ..report import Section, size_accuracy_plot
 from ..search import Pipeline, SearchConfig, search
 from .options import (
     Progress,
@@ -15,6 +16,7 @@ from .options import (
     prepare,
     some,
     start_run,
+    write_run_report,
 )
 
 NAME = "search"
@@ -109,4 +111,19 @@ def run(args) -> int:
     print(f"test accuracy (evaluated once) {test:.2%}; file {result.path}")
     summary = result.as_dict() | {"test_accuracy": test}
     (args.out / "result.json").write_text(json.dumps(summary, indent=2))
+    pictures = [(caption, (args.out / name).read_bytes() if (args.out / name).exists() else None)
+                for caption, name in (("every accuracy check in order", "trajectory.png"),
+                                      ("the winner's size at every margin", "margin_sweep.png"))]
+    points = [(t.size, t.accuracy, t.passed) for t in result.trials]
+    at = ", ".join(f"{k} {v:.2f}" for k, v in names.items())
+    write_run_report(args, NAME, [
+        Section("Result", f"The smallest file whose validation accuracy meets {result.target:.2%} (baseline "
+                f"{result.baseline_accuracy:.2%}): {best.size:,} bytes at {at}; test accuracy {test:.2%} (evaluated "
+                "once).",
+                [["accuracy checks", "images evaluated", "seconds"],
+                 [int(cost["checks"]), int(cost["images"]), round(cost["seconds"])]]),
+        Section("Every accuracy check", "", [["check", *config.pipeline.axes, "bytes", "accuracy", "meets"]]
+                + [[i + 1, *t.ratios, t.size, f"{t.accuracy:.2%}", t.passed] for i, t in enumerate(result.trials)],
+                images=[*pictures, ("accuracy against file size",
+                                    size_accuracy_plot(points, result.target, "file bytes"))])])
     return 0

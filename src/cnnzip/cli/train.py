@@ -10,6 +10,7 @@ import torch
 from ..io import ModelMeta, load_any, save_model
 from ..models import create_model
 from ..prune import SparsityHook
+from ..report import Section, history_plot
 from ..train import TrainConfig, fit, select_device
 from .options import (
     Prepared,
@@ -24,6 +25,7 @@ from .options import (
     norm,
     run_fingerprint,
     start_run,
+    write_run_report,
 )
 
 NAME = "train"
@@ -108,4 +110,10 @@ def run(args) -> int:
               f"{h['seconds']:.1f} s  {h['images_per_second']:.0f} img/s")
     print(f"test accuracy {test.accuracy:.4f} ({test.correct}/{test.total})")
     print(f"saved {out / 'model.pt'}")
+    epochs = [["epoch", "loss", "train accuracy", "validation accuracy", "seconds"]] + [
+        [h["epoch"], h["loss"], f"{h['train_acc']:.2%}", f"{h['val_acc']:.2%}" if "val_acc" in h else None,
+         h["seconds"]] for h in result.history]
+    write_run_report(args, NAME, [
+        Section("Result", f"{name} on {ds.name}: test accuracy {test.accuracy:.2%} (evaluated once).", epochs,
+                images=[("accuracy and loss per epoch", history_plot(result.history))])])
     return 0

@@ -5,28 +5,14 @@ Matplotlib is optional (`pip install cnnzip[plot]`); without it these functions 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..report.plots import can_plot
+from ..report.plots import pyplot as _pyplot
 from .trials import Trial
 
 __all__ = ["can_plot", "plot_trajectory", "plot_margin_sweep"]
-
-
-def can_plot() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-def _pyplot():
-    if not can_plot():
-        raise ModuleNotFoundError("plots need matplotlib: pip install 'cnnzip[plot]'")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def phases(trials: Sequence[Trial]) -> list[int]:

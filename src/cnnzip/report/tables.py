@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from .measure import Evaluator, count_macs, count_nonzero, count_parameters, measure_latency, saved_bytes
+from ..measure import Evaluator, count_macs, count_nonzero, count_parameters, measure_latency, saved_bytes
 
-__all__ = ["describe", "format_table", "ratio_row", "latency_table"]
+__all__ = ["describe", "format_table", "ratio_row", "latency_table", "comparison_cells"]
 
 
 def describe(
@@ -39,7 +39,7 @@ def describe(
         row["accuracy"] = evaluator.evaluate(model).accuracy
     use_onnx = onnx and importlib.util.find_spec("onnxruntime") is not None
     if latency_batches and use_onnx:
-        from .deploy import compare_latency
+        from ..deploy import compare_latency
 
         for r in compare_latency(model, input_shape, tuple(latency_batches), repeats=repeats, rounds=3):
             b = r["batch_size"]
@@ -72,7 +72,7 @@ def latency_table(
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {}
         if use_onnx:
-            from .deploy import export_onnx, measure_onnx_latency, onnx_session
+            from ..deploy import export_onnx, measure_onnx_latency, onnx_session
 
             for name, model in models.items():
                 path = export_onnx(model, Path(tmp) / f"{len(sessions)}.onnx", input_shape)
@@ -94,26 +94,36 @@ def ratio_row(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in after.items():
         if k in before and isinstance(v, (int, float)) and before[k]:
-            out[k] = (v - before[k]) * 100 if k == "accuracy" else v / before[k]
+            out[k] = (v - before[k]) * 100 if "accuracy" in k else v / before[k]
     return out
 
 
-_FORMATS = {"params": "{:,}", "nonzero": "{:,}", "macs": "{:,}", "bytes": "{:,}", "accuracy": "{:.2%}"}
+def _format(key: str) -> str:
+    if "accuracy" in key:
+        return "{:.2%}"
+    if key in ("params", "nonzero", "macs") or "bytes" in key:
+        return "{:,}"
+    return "{:.3f}" if "ms" in key else "{}"
+
+
+def comparison_cells(rows: dict[str, dict[str, Any]], ratios: dict[str, Any] | None = None) -> list[list[str]]:
+    """The cells of a comparison: a header, then one line per measure with a column per named row (and the
+    after/before ratio). Shared by the text table and the HTML report."""
+    names = list(rows)
+    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+    lines = [["", *names] + (["after/before"] if ratios else [])]
+    for k in keys:
+        cells = [k] + [_format(k).format(rows[n][k]) if k in rows[n] else "-" for n in names]
+        if ratios:
+            r = ratios.get(k)
+            cells.append("-" if r is None else (f"{r:+.2f} pt" if "accuracy" in k else f"{r:.3f}x"))
+        lines.append(cells)
+    return lines
 
 
 def format_table(rows: dict[str, dict[str, Any]], ratios: dict[str, Any] | None = None) -> str:
     """A plain-text table: one column per named row, one line per measure, and an optional ratio column."""
-    names = list(rows)
-    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
-    header = ["", *names] + (["after/before"] if ratios else [])
-    lines = [header]
-    for k in keys:
-        fmt = _FORMATS.get(k, "{:.2f}" if k.endswith("_ms_b1") or "_ms_" in k else "{}")
-        cells = [k] + [fmt.format(rows[n][k]) if k in rows[n] else "-" for n in names]
-        if ratios:
-            r = ratios.get(k)
-            cells.append("-" if r is None else (f"{r:+.2f} pt" if k == "accuracy" else f"{r:.3f}x"))
-        lines.append(cells)
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    lines = comparison_cells(rows, ratios)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in
                                enumerate(zip(line, widths, strict=True))) for line in lines)
