@@ -222,9 +222,12 @@ def test_search_command_finds_and_resumes(tmp_path, capsys, digits_model):
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "smallest passing" in first and "test accuracy (evaluated once)" in first
+    assert not (tmp_path / "s" / "tmp").exists()  # the scratch candidate is gone
     assert main(args) == 0  # resumes from trials.jsonl: same answer, same recorded cost
-    again = capsys.readouterr().out
-    assert first.splitlines()[1:3] == again.splitlines()[1:3]
+    again = capsys.readouterr()
+    assert first.splitlines()[1:3] == again.out.splitlines()[1:3]
+    assert "resuming: " in again.err and "accuracy checks already recorded" in again.err
+    again = again.out
     assert main(["search", str(model), "--target-acc", "0.999", "--out", str(tmp_path / "u")]) == 2
     assert "above the model's own" in capsys.readouterr().err
 
@@ -238,6 +241,11 @@ def test_search_command_finds_and_resumes(tmp_path, capsys, digits_model):
     tuned = capsys.readouterr().out
     assert "after fine-tuning:" in tuned and tuned.splitlines()[2] == first.splitlines()[2]
     assert json.loads((tmp_path / "c" / "result.json").read_text())["finetuned"]
+    # --val-images: every decision on the same 40 validation images.
+    assert main([*args[:-1], str(tmp_path / "v"), "--val-images", "40"]) == 0
+    trials = [json.loads(line) for line in (tmp_path / "v" / "trials.jsonl").read_text().splitlines()]
+    trials = [t for t in trials if t.get("kind") != "size"]
+    assert trials and max(t["images"] for t in trials) == 40
 
 
 def test_dynamic_prune_and_fuse_commands(tmp_path, capsys, monkeypatch):
