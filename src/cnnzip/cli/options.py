@@ -38,6 +38,7 @@ from ..io import (
 )
 from ..measure import Evaluator
 from ..models import list_models, read_checkpoint
+from ..report import write_report
 from ..train import TrainConfig, select_device
 
 # ---------------------------------------------------------------- options
@@ -167,8 +168,6 @@ def check_writable(path: Path, option: str, directory: bool) -> None:
 
 def write_run_report(args: argparse.Namespace, command: str, sections: list) -> Path:
     """OUT/report.html for a command's run (see report.html), and one line that says where it is."""
-    from ..report import write_report
-
     path = write_report(Path(args.out) / "report.html", f"cnnzip {command}", sections,
                         subtitle=f"MODEL {getattr(args, 'model_path', '-')}, data {getattr(args, 'data', '-')}.")
     print(f"report {path}")

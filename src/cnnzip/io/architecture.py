@@ -74,23 +74,30 @@ def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | 
     """The saved architecture, weights still to load: the zoo model from `spec` (or the caller's fresh `model`
     for architectures outside the zoo), without the removed blocks, narrowed to the saved widths.
 
-    With `shapes` (the tensors the file holds, name -> shape), the architecture is first built on the meta
-    device, which allocates nothing, and must have exactly those tensors: a file whose header asks for more
-    than its own tensors justify is refused before any memory is taken.
+    With `shapes` (the tensors the file holds, name -> shape), the architecture is built on the meta device,
+    which allocates nothing, and must have exactly those tensors; only then is memory taken, for the narrowed
+    tensors alone. A file whose header asks for more than its own tensors justify is refused first.
     """
-    if shapes is not None:
-        with torch.device("meta"):
-            skeleton = _build(spec, widths, copy.deepcopy(model).to("meta") if model is not None else None, path,
-                              removed)
-        built = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-        held = {k: tuple(v) for k, v in shapes.items()}
-        wrong = sorted(k for k in built.keys() | held.keys()
-                       if built.get(k) != held.get(k) and not k.endswith("num_batches_tracked"))
-        if wrong:
-            raise ModelError(f"{path} is corrupt: its tensors do not fit the architecture it describes (first: "
-                             f"{wrong[0]} is {held.get(wrong[0])} in the file, {built.get(wrong[0])} in the "
-                             "architecture)")
-    return _build(spec, widths, model, path, removed)
+    if shapes is None:
+        return _build(spec, widths, model, path, removed)
+    with torch.device("meta"):
+        skeleton = _build(spec, widths, copy.deepcopy(model).to("meta") if model is not None else None, path,
+                          removed)
+    built = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    held = {k: tuple(v) for k, v in shapes.items()}
+    wrong = sorted(k for k in built.keys() | held.keys()
+                   if built.get(k) != held.get(k) and not k.endswith("num_batches_tracked"))
+    if wrong:
+        raise ModelError(f"{path} is corrupt: its tensors do not fit the architecture it describes (first: "
+                         f"{wrong[0]} is {held.get(wrong[0])} in the file, {built.get(wrong[0])} in the "
+                         "architecture)")
+    if any(m._non_persistent_buffers_set for m in skeleton.modules()):
+        return _build(spec, widths, model, path, removed)  # buffers no file holds: build them for real
+    real = skeleton.to_empty(device="cpu")  # every tensor comes from the file
+    for name, buf in real.named_buffers():
+        if name.endswith("num_batches_tracked"):
+            buf.zero_()
+    return real
 
 
 def _build(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None, path: str | Path,
