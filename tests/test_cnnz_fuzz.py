@@ -109,17 +109,19 @@ def test_header_bombs_and_huge_claims_are_refused_before_allocating(original, tm
     for name, blob in cases.items():
         (tmp_path / f"{name.replace(' ', '_')}.cnnz").write_bytes(blob)
     assert len(cases["bomb"]) < 1 << 20
-    # A fresh process, so that its peak memory is the loads' alone.
+    # A fresh process, so that its peak memory is the loads' alone. (VmHWM, not ru_maxrss: Linux carries the
+    # parent's resident size at fork into a child's ru_maxrss, and pytest's process is large.)
     script = (
-        "import resource, sys\nfrom cnnzip.deep import load_compressed\nfrom cnnzip.errors import ModelError\n"
+        "import sys\nfrom cnnzip.deep import load_compressed\nfrom cnnzip.errors import ModelError\n"
         "for p in sys.argv[1:]:\n"
         "    try:\n        load_compressed(p)\n        print('LOADED', p)\n"
         "    except ModelError as e:\n        print('REFUSED', e)\n"
-        "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+        "print('PEAK_MB', int(hwm) // 1024)\n")
     out = subprocess.run([sys.executable, "-c", script, *sorted(map(str, tmp_path.glob("*.cnnz")))],
                          capture_output=True, text=True, check=True).stdout
     # The inflated spec is narrowed back to the file's widths, so it may load: what matters is that nothing
     # was allocated at its full width (4000x) on the way.
     assert out.count("REFUSED") + ("LOADED" in out and "spec.cnnz" in out.split("LOADED")[1]) == len(cases), out
     assert "expands past" in out and "do not fit the architecture" in out
-    assert int(out.split("PEAK_MB")[1]) < 1024, out
+    assert int(out.split("PEAK_MB")[1]) < 768, out  # importing torch alone takes about 300 MB
