@@ -1,6 +1,6 @@
 """cnnzip: shrink a trained CNN image classifier to the smallest model that still meets your accuracy target."""
 
-from . import deep  # noqa: F401 - registers the compressed file's reader with `load`
+from . import deep, deploy  # noqa: F401 - they register their files' readers with `load`
 from .errors import CnnzipError, ConfigError, DataError, ModelError
 from .finetune import Finetune, Finetuner
 from .io import ModelMeta, load, load_any, load_model, save_model

@@ -15,12 +15,26 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import CnnzipError, ConfigError
-from . import deep_compress, demo, dynamic_prune, evaluate, export, fuse, info, models, prune, search, train
+from . import (
+    deep_compress,
+    demo,
+    dynamic_prune,
+    evaluate,
+    export,
+    fuse,
+    info,
+    models,
+    prune,
+    quantize,
+    search,
+    train,
+)
 from .options import add_common_args
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, export, info)
+COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, quantize, export,
+            info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ def add_arguments(s) -> None:
 
 
 def run(args) -> int:
-    job = prepare(args)
+    job = prepare(args, weights=False)
     split = {"test": job.data.test, "train": job.train, "val": job.val}[args.split]
     if split is None:
         raise ConfigError("--split val needs a validation split: set --val-size above 0")

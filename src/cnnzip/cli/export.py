@@ -23,11 +23,13 @@ def add_arguments(s) -> None:
 
 
 def run(args) -> int:
-    from ..deploy import export_onnx  # onnx is an optional extra
+    from ..deploy import export_onnx, stamp_meta  # onnx is an optional extra
 
     check_writable(args.out, "--out", directory=False)
     model, meta = load_any(args.model_path, args.model, num_classes=args.num_classes)
     shape = parse_shape(args.input_shape) if args.input_shape else (meta.input_shape if meta else (3, 32, 32))
     path = export_onnx(model, args.out, shape, opset=args.opset)
+    if meta is not None:  # how to feed it, so that `cnnzip eval` and `cnnzip.load` read the file as it is
+        stamp_meta(path, meta)
     print(f"wrote {path} ({path.stat().st_size:,} bytes), outputs checked against PyTorch")
     return 0

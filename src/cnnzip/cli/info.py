@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..deploy import OnnxModel
 from ..io import load_any
 from ..measure import footprint, measure_latency
 from ..models import create_model, list_models
@@ -39,6 +40,8 @@ def run(args) -> int:
     else:
         model, meta = load_any(args.target, args.model, **kwargs)
     shape = parse_shape(args.input_shape) if args.input_shape else (meta.input_shape if meta else (3, 32, 32))
+    if isinstance(model, OnnxModel):
+        return _onnx_info(args, model, tuple(shape))
     model.to(select_device(args.device)).eval()
     fp = footprint(model, shape)
     lat = [measure_latency(model, shape, b, repeats=args.repeats) for b in int_list(args.batch_sizes, "--batch-sizes")]
@@ -59,4 +62,28 @@ def run(args) -> int:
     for x in lat:
         print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s "
               f"({args.device}, eager)")
+    return 0
+
+
+def _onnx_info(args, model: OnnxModel, shape: tuple[int, ...]) -> int:
+    """An ONNX file (an int8 one included) is measured where it runs: in ONNX Runtime."""
+    from ..deploy import measure_onnx_latency
+    from ..quantize import quantizable_nodes
+
+    lat = [measure_onnx_latency(model.session, shape, b, repeats=args.repeats)
+           for b in int_list(args.batch_sizes, "--batch-sizes")]
+    nodes = quantizable_nodes(model.path)
+    info = {"model": args.target, "input_shape": list(shape), "file_bytes": model.path.stat().st_size,
+            "runtime": "onnxruntime", "conv_and_matmul_nodes": len(nodes),
+            "latency": [{"batch_size": x.batch_size, "median_ms": x.median_ms,
+                         "images_per_second": x.images_per_second} for x in lat]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model          {args.target}  (input {tuple(shape)}, an ONNX file: measured in ONNX Runtime)")
+    print(f"file bytes     {info['file_bytes']:,}")
+    print(f"conv/matmul    {len(nodes)} nodes")
+    for x in lat:
+        print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s "
+              "(cpu, ONNX Runtime)")
     return 0

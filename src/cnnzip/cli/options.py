@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data import Loader, load_dataset, train_val_split
+from ..deploy import OnnxModel
 from ..errors import ConfigError
 from ..finetune import Finetuner
 from ..io import (
@@ -232,10 +233,11 @@ class Prepared:
                          evaluator=evaluator, progress=not self.args.no_progress, on_start=on_start)
 
 
-def prepare(args: argparse.Namespace, say: Progress | None = None) -> Prepared:
+def prepare(args: argparse.Namespace, say: Progress | None = None, weights: bool = True) -> Prepared:
     """Device, dataset and splits, the model from MODEL (checked against the data), and its normalisation.
 
     The model file is checked before the data is read, so a wrong file fails in a second, not after decoding.
+    With `weights`, MODEL must hold PyTorch weights (an ONNX file only runs; `eval` takes one).
     """
     say = say or Progress(getattr(args, "quiet", False))
     device = select_device(args.device)
@@ -244,6 +246,10 @@ def prepare(args: argparse.Namespace, say: Progress | None = None) -> Prepared:
     ds, train, val = dataset(args)
     say(f"loading {args.model_path}")
     model, meta = load_any(args.model_path, args.model, **model_kwargs(args, ds))
+    if weights and isinstance(model, OnnxModel):
+        raise ConfigError(f"{args.model_path} is an ONNX file: ONNX Runtime runs it, but it holds no PyTorch weights "
+                          "to change. Give the cnnzip model file it was made from (`cnnzip eval` and `cnnzip info` "
+                          "take ONNX files)")
     check_fits(model, meta, ds, str(args.model_path))
     mean, std = norm(args.norm, meta, ds)
     return Prepared(args, device, ds, train, val, model, meta, mean, std, say)

@@ -4,6 +4,8 @@ Needs the optional extra: `pip install 'cnnzip[onnx]'`. Importing this package w
 raise CnnzipError with that hint when onnx or onnxruntime is missing.
 """
 
-from .onnx import compare_latency, export_onnx, measure_onnx_latency, onnx_session
+from .onnx import compare_latency, compare_onnx_latency, export_onnx, measure_onnx_latency, onnx_session
+from .runtime import OnnxModel, load_onnx, read_meta, stamp_meta
 
-__all__ = ["compare_latency", "export_onnx", "measure_onnx_latency", "onnx_session"]
+__all__ = ["compare_latency", "compare_onnx_latency", "export_onnx", "measure_onnx_latency", "onnx_session",
+           "OnnxModel", "load_onnx", "read_meta", "stamp_meta"]

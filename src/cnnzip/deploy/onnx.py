@@ -32,7 +32,7 @@ from ..measure import Latency, time_calls
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["export_onnx", "onnx_session", "measure_onnx_latency", "compare_latency"]
+__all__ = ["export_onnx", "onnx_session", "measure_onnx_latency", "compare_latency", "compare_onnx_latency"]
 
 Exporter = Literal["auto", "torchscript", "dynamo"]
 
@@ -157,6 +157,30 @@ def measure_onnx_latency(
     feed = {_input_name(session, input_shape, batch_size): _random_batch(batch_size, input_shape)}
     times = time_calls(lambda: session.run(None, feed), warmup, repeats, min_seconds)
     return Latency.from_times(batch_size, times)
+
+
+def compare_onnx_latency(
+    paths: dict[str, str | Path],
+    input_shape: tuple[int, ...],
+    batch_sizes: Sequence[int] = (1, 256),
+    *,
+    rounds: int = 3,
+    repeats: int = 10,
+) -> dict[str, dict[str, float]]:
+    """ONNX Runtime latency of several files measured side by side: `rounds` rounds, each timing every file (in a
+    rotating order) at every batch size, so that load from other processes falls on all of them alike. Returns,
+    per name, the median milliseconds as `ort_ms_b<B>`."""
+    import statistics
+
+    sessions = {name: onnx_session(path) for name, path in paths.items()}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in paths}
+    names = list(paths)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            for b in batch_sizes:
+                lat = measure_onnx_latency(sessions[name], input_shape, b, warmup=2, repeats=repeats)
+                times[name].setdefault(f"ort_ms_b{b}", []).append(lat.median_ms)
+    return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
 
 
 def compare_latency(

@@ -1,0 +1,142 @@
+"""`cnnzip quantize`: int8 post-training quantization that ONNX Runtime runs with int8 kernels."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import ConfigError
+from ..report import Section, comparison_cells, format_table, ratio_row
+from .options import (
+    Progress,
+    add_data_args,
+    add_model_args,
+    add_out_args,
+    int_list,
+    nonnegative,
+    prepare,
+    some,
+    start_run,
+    write_run_report,
+)
+
+NAME = "quantize"
+HELP = "int8 post-training quantization for ONNX Runtime (optionally to an accuracy target)"
+DESCRIPTION = ("Export MODEL to ONNX, calibrate activation ranges on training images, and write OUT/model.int8.onnx "
+               "in the QDQ format (per-channel symmetric int8 weights, int8 activations) that ONNX Runtime runs with "
+               "int8 kernels. The int8 file is checked against the fp32 file in ONNX Runtime; the report gives file "
+               "bytes, validation accuracy (test accuracy once), top-1 agreement, and ONNX Runtime latency of both "
+               "files measured side by side. With --drop or --target-acc, the layers int8 hurts most are kept in "
+               "fp32, one at a time, until the target is met. MODEL may be any cnnzip file: a trained, pruned, fused "
+               "or deep-compressed model.")
+EPILOG = """examples:
+  cnnzip quantize runs/resnet56-ft/model.pt --data ../shared/datasets/cifar10-jpeg.tar.gz --out runs/r56-int8
+  cnnzip quantize runs/r56-fpgm/pruned.pt --data ../shared/datasets/cifar10-jpeg.tar.gz --drop 0.003 \\
+      --calibration percentile --out runs/r56-fpgm-int8
+  cnnzip eval runs/r56-int8/model.int8.onnx --data ../shared/datasets/cifar10-jpeg.tar.gz   # in ONNX Runtime"""
+
+CALIBRATION_BATCH = 32
+
+
+def add_arguments(s) -> None:
+    add_model_args(s)
+    add_data_args(s)
+    s.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="how activation ranges are set from the calibration images")
+    s.add_argument("--calibration-images", type=int, default=512, help="training images to calibrate on "
+                   f"(a fixed random subset; at least one batch of {CALIBRATION_BATCH})")
+    goal = s.add_mutually_exclusive_group()
+    goal.add_argument("--drop", type=float, default=None, help="accepted validation accuracy drop of the int8 "
+                      "model below the fp32 one; layers go back to fp32 until it holds")
+    goal.add_argument("--target-acc", type=float, default=None, help="validation accuracy the int8 model must meet")
+    s.add_argument("--max-fp32-layers", type=int, default=None, help="return at most this many layers (each with "
+                   "the layers that feed it) to fp32")
+    s.add_argument("--keep-fp32", action="append", default=[], metavar="REGEX",
+                   help="ONNX node names (or regexes) to leave in fp32, e.g. /conv1/Conv (repeatable)")
+    s.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    s.add_argument("--latency-batches", default="1,256", help="batch sizes to time, comma-separated, or 'none'")
+    s.add_argument("--latency-rounds", type=int, default=3)
+    s.add_argument("--seed", type=int, default=0)
+    add_out_args(s, "runs/quantize")
+
+
+FREE = ("latency_batches", "latency_rounds")
+
+
+def run(args) -> int:
+    from ..deploy import OnnxModel, compare_onnx_latency, export_onnx, stamp_meta
+    from ..measure import target_accuracy
+    from ..quantize import PostTraining, quantize_to_target, top1_agreement
+
+    nonnegative(args, "max_fp32_layers", "latency_rounds")
+    if args.calibration_images < CALIBRATION_BATCH:
+        raise ConfigError(f"--calibration-images {args.calibration_images} is smaller than one calibration batch "
+                          f"({CALIBRATION_BATCH}); give {CALIBRATION_BATCH} or more")
+    latency_batches = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
+    config = PostTraining(calibration=args.calibration, images=args.calibration_images,
+                          per_channel=not args.per_tensor, keep_fp32=tuple(args.keep_fp32))
+    say = Progress(args.quiet)
+    out = start_run(args, NAME, FREE, say=say)
+    job = prepare(args, say)
+    val = job.require_val("quantization is judged on a validation split")
+    meta = job.out_meta(**{"from": str(args.model_path), "int8": True})
+
+    say("exporting the fp32 model to ONNX (checked against PyTorch)")
+    fp32 = export_onnx(job.model.cpu().eval(), out / "model.fp32.onnx", job.shape)
+    stamp_meta(fp32, meta)
+    calibration = [x.numpy() for x, _ in job.evaluator(some(job.train, args.calibration_images, args.seed,
+                                                               "--calibration-images"), CALIBRATION_BATCH).batches]
+    validate = job.evaluator(val)
+
+    def accuracy_of(path):
+        return validate.evaluate(OnnxModel(path)).accuracy
+
+    say("evaluating the fp32 ONNX model on the validation split")
+    fp32_accuracy = accuracy_of(fp32)
+    target = None
+    if args.drop is not None or args.target_acc is not None:
+        if args.drop is not None and not 0 <= args.drop < 1:
+            raise ConfigError(f"--drop is an accuracy drop in [0, 1), e.g. 0.003; got {args.drop}")
+        target = target_accuracy(args.target_acc, args.drop, fp32_accuracy)
+    say(f"calibrating ({args.calibration}, {len(calibration) * CALIBRATION_BATCH} training images) and quantizing")
+    result = quantize_to_target(fp32, out / "model.int8.onnx", calibration, config, accuracy_of, target,
+                                workdir=out / "work", max_fp32=args.max_fp32_layers, say=say)
+    stamp_meta(result.path, meta)
+    int8, reference = OnnxModel(result.path), OnnxModel(fp32)
+    agreement = top1_agreement(lambda x: reference.session.run(None, {reference.input_name: x})[0],
+                               lambda x: int8.session.run(None, {int8.input_name: x})[0],
+                               [x.numpy() for x, _ in validate.batches])
+    say("evaluating both files once on the test split")
+    test = job.evaluator(job.data.test)
+    rows = {name: {"file bytes": path.stat().st_size, "validation accuracy": accuracy,
+                   "test accuracy": test.evaluate(OnnxModel(path)).accuracy}
+            for name, path, accuracy in (("fp32", fp32, fp32_accuracy), ("int8", result.path, result.accuracy))}
+    if latency_batches:
+        say(f"timing both files in ONNX Runtime, side by side ({args.latency_rounds} rounds)")
+        for name, times in compare_onnx_latency({"fp32": fp32, "int8": result.path}, job.shape, latency_batches,
+                                                rounds=max(args.latency_rounds, 1)).items():
+            rows[name].update(times)
+    ratios = ratio_row(rows["fp32"], rows["int8"])
+    print(format_table(rows, ratios))
+    print(f"top-1 agreement of int8 with fp32 on the validation split: {agreement:.2%}")
+    if result.kept_fp32:
+        print(f"kept in fp32: {', '.join(result.kept_fp32)}")
+    if result.not_quantized:
+        print(f"left in fp32 by ONNX Runtime (it cannot quantize them): {', '.join(result.not_quantized)}")
+    if target is not None:
+        print(f"target {target:.2%}: " + ("met" if result.met else f"missed with {len(result.kept_fp32)} layers in "
+                                           "fp32; allow more with --max-fp32-layers, or calibrate differently"))
+    print(f"saved {result.path}")
+    report = {"config": config.__dict__ | {"keep_fp32": list(config.keep_fp32)}, "rows": rows, "agreement": agreement,
+              "target": target, "met": result.met, "all_int8_accuracy": result.all_int8_accuracy,
+              "kept_fp32": result.kept_fp32, "not_quantized": result.not_quantized, "steps": result.steps,
+              "sensitivity": result.sensitivity}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_run_report(args, NAME, [
+        Section("fp32 and int8 in ONNX Runtime", f"Top-1 agreement on the validation split {agreement:.2%}; "
+                "accuracy on the test split is measured once.", comparison_cells(rows, ratios)),
+        Section("Layers kept in fp32", "", [["layer", "sensitivity", "accuracy after", "file bytes"]]
+                + [[s["layer"], f"{s['sensitivity']:+.2%}", f"{s['accuracy']:.2%}", s["bytes"]]
+                   for s in result.steps]
+                + [[n, "by request", None, None] for n in config.keep_fp32]
+                + [[n, "not quantizable", None, None] for n in result.not_quantized])])
+    return 0 if result.met else 1

@@ -1,0 +1,13 @@
+"""Quantization: post-training int8 for ONNX Runtime, with an accuracy-aware fallback to fp32 per layer.
+
+    result = quantize_onnx("model.fp32.onnx", "model.int8.onnx", calibration_batches, PostTraining())
+    OnnxModel("model.int8.onnx")(x)    # runs with int8 kernels in ONNX Runtime
+
+Needs the optional extra: `pip install 'cnnzip[onnx]'`.
+"""
+
+from .ptq import CALIBRATIONS, Int8Result, PostTraining, quantizable_nodes, quantize_onnx, top1_agreement
+from .sensitivity import Fallback, quantize_to_target
+
+__all__ = ["CALIBRATIONS", "Int8Result", "PostTraining", "quantizable_nodes", "quantize_onnx", "top1_agreement",
+           "Fallback", "quantize_to_target"]

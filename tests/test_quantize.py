@@ -1,0 +1,118 @@
+"""int8 post-training quantization in ONNX Runtime: agreement with fp32, the per-layer fallback, the CLI."""
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+
+import cnnzip  # noqa: E402
+from cnnzip.cli import main  # noqa: E402
+from cnnzip.data import Loader, load_digits, train_val_split  # noqa: E402
+from cnnzip.deploy import OnnxModel, export_onnx, stamp_meta  # noqa: E402
+from cnnzip.errors import ConfigError  # noqa: E402
+from cnnzip.io import ModelMeta  # noqa: E402
+from cnnzip.measure import Evaluator  # noqa: E402
+from cnnzip.quantize import PostTraining, quantize_onnx, quantize_to_target, top1_agreement  # noqa: E402
+from cnnzip.train import TrainConfig, fit  # noqa: E402
+
+
+class Net(nn.Module):
+    """A user's own model (not from the zoo)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_digits()
+    train, val = train_val_split(ds.train, val_size=0.2, seed=0)
+    torch.manual_seed(0)
+    model = Net()
+    fit(model, Loader(train, 64, shuffle=True, mean=ds.mean, std=ds.std), TrainConfig(epochs=30, lr=0.1),
+        progress=False)
+    meta = ModelMeta(ds.mean, ds.std, (1, 8, 8), ds.classes)
+    calibration = [x.numpy() for x, _ in Loader(train.take(256), 32, mean=ds.mean, std=ds.std)]
+    return model.eval(), meta, calibration, Evaluator(Loader(val, 500, mean=ds.mean, std=ds.std))
+
+
+def _export(model, meta, path):
+    export_onnx(model, path, meta.input_shape)
+    stamp_meta(path, meta)
+    return path
+
+
+def test_int8_file_runs_in_onnx_runtime_and_agrees_with_fp32(digits, tmp_path):
+    model, meta, calibration, val = digits
+    fp32 = _export(model, meta, tmp_path / "m.fp32.onnx")
+    result = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calibration, PostTraining())
+    assert result.kept_fp32 == [] and result.not_quantized == []
+    import onnx
+
+    graph = onnx.load(str(result.path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("Conv") == 2  # activations quantized, QDQ around convs
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8_weights) == 2  # both conv weights stored as int8 (per channel)
+    loaded, loaded_meta = cnnzip.load(result.path)  # the one door reads it, as a model that runs in ONNX Runtime
+    assert isinstance(loaded, OnnxModel) and loaded_meta.input_shape == (1, 8, 8)
+    reference = OnnxModel(fp32)
+    batches = [x.numpy() for x, _ in val.batches]
+    agreement = top1_agreement(lambda x: reference(torch.from_numpy(x)).numpy(),
+                               lambda x: loaded(torch.from_numpy(x)).numpy(), batches)
+    assert agreement >= 0.97
+    assert abs(val.evaluate(loaded).accuracy - val.evaluate(model).accuracy) <= 0.02
+    with pytest.raises(ConfigError, match="calibration set is empty"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", [], PostTraining())
+
+
+def test_the_fallback_keeps_the_one_sensitive_layer_in_fp32(digits, tmp_path):
+    model, meta, calibration, val = digits
+    # The same function, with its busiest channel of conv1's output 1000x larger (and conv2 reading it 1000x
+    # smaller): per-tensor int8 activations into conv2 then crush every other channel. Only conv2's input suffers.
+    sensitive = Net()
+    sensitive.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        busiest = int(torch.relu(model.conv1(torch.from_numpy(calibration[0]))).mean(dim=(0, 2, 3)).argmax())
+        sensitive.conv1.weight[busiest] *= 1000
+        sensitive.conv1.bias[busiest] *= 1000
+        sensitive.conv2.weight[:, busiest] /= 1000
+    fp32 = _export(sensitive.eval(), meta, tmp_path / "s.fp32.onnx")
+
+    def accuracy_of(path):
+        return val.evaluate(OnnxModel(path)).accuracy
+
+    baseline = accuracy_of(fp32)
+    result = quantize_to_target(fp32, tmp_path / "s.int8.onnx", calibration, PostTraining(), accuracy_of,
+                                baseline - 0.02, workdir=tmp_path / "work")
+    assert result.all_int8_accuracy < baseline - 0.05  # the outlier hurts all-int8 ...
+    # ... and the tensor between conv1 and conv2 in fp32 (both ends of it) is enough, in one step.
+    assert max(result.sensitivity, key=result.sensitivity.get) == "/conv2/Conv"
+    assert result.met and sorted(result.kept_fp32) == ["/conv1/Conv", "/conv2/Conv"] and len(result.steps) == 1
+    assert result.accuracy == accuracy_of(result.path) >= baseline - 0.02
+
+
+def test_quantize_command_eval_info_and_refusals(tmp_path, digits_model, capsys):
+    model = digits_model(6)
+    out = tmp_path / "q"
+    assert main(["quantize", str(model), "--out", str(out), "--latency-batches", "1,8", "--latency-rounds", "1",
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "top-1 agreement" in text and (out / "model.int8.onnx").exists() and (out / "report.html").exists()
+    assert main(["eval", str(out / "model.int8.onnx"), "--quiet"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["info", str(out / "model.int8.onnx"), "--batch-sizes", "1", "--repeats", "2"]) == 0
+    assert "ONNX Runtime" in capsys.readouterr().out
+    assert main(["prune", str(out / "model.int8.onnx"), "--ratio", "0.3", "--out", str(tmp_path / "p"),
+                 "--quiet"]) == 2
+    assert "holds no PyTorch weights" in capsys.readouterr().err
+    assert main(["quantize", str(model), "--calibration-images", "8", "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    assert "smaller than one calibration batch" in capsys.readouterr().err
