@@ -1,5 +1,7 @@
 """int8 post-training quantization in ONNX Runtime: agreement with fp32, the per-layer fallback, the CLI."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -116,3 +118,18 @@ def test_quantize_command_eval_info_and_refusals(tmp_path, digits_model, capsys)
     assert "holds no PyTorch weights" in capsys.readouterr().err
     assert main(["quantize", str(model), "--calibration-images", "8", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "smaller than one calibration batch" in capsys.readouterr().err
+
+
+def test_every_kind_of_cnnzip_file_quantizes(tmp_path, digits_model, capsys):
+    """A deep-compressed file (dense after decoding) and a pruned one go through the same command."""
+    model = digits_model(6)
+    assert main(["deep-compress", str(model), "--sparsity", "0.5", "--conv-bits", "5", "--out", str(tmp_path / "dc"),
+                 "--quiet"]) == 0
+    assert main(["prune", str(model), "--ratio", "0.3", "--latency-batches", "none", "--out", str(tmp_path / "p"),
+                 "--quiet"]) == 0
+    for source in (tmp_path / "dc" / "model.cnnz", tmp_path / "p" / "pruned.pt"):
+        out = tmp_path / f"q-{source.parent.name}"
+        assert main(["quantize", str(source), "--out", str(out), "--latency-batches", "none", "--quiet"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["agreement"] >= 0.95  # with the fp32 export of that very file, on the validation split
+        assert abs(report["rows"]["int8"]["validation accuracy"] - report["rows"]["fp32"]["validation accuracy"]) < 0.03

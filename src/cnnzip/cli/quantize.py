@@ -22,8 +22,8 @@ from .options import (
 NAME = "quantize"
 HELP = "int8 post-training quantization for ONNX Runtime (optionally to an accuracy target)"
 DESCRIPTION = ("Export MODEL to ONNX, calibrate activation ranges on training images, and write OUT/model.int8.onnx "
-               "in the QDQ format (per-channel symmetric int8 weights, int8 activations) that ONNX Runtime runs with "
-               "int8 kernels. The int8 file is checked against the fp32 file in ONNX Runtime; the report gives file "
+               "in the QDQ format (per-channel symmetric int8 weights, 8-bit activations) that ONNX Runtime runs with "
+               "integer kernels. The int8 file is checked against the fp32 file in ONNX Runtime; the report gives file "
                "bytes, validation accuracy (test accuracy once), top-1 agreement, and ONNX Runtime latency of both "
                "files measured side by side. With --drop or --target-acc, the layers int8 hurts most are kept in "
                "fp32, one at a time, until the target is met. MODEL may be any cnnzip file: a trained, pruned, fused "
@@ -53,6 +53,8 @@ def add_arguments(s) -> None:
     s.add_argument("--keep-fp32", action="append", default=[], metavar="REGEX",
                    help="ONNX node names (or regexes) to leave in fp32, e.g. /conv1/Conv (repeatable)")
     s.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    s.add_argument("--activations", choices=["uint8", "int8"], default="uint8", help="8-bit activation type "
+                   "(uint8: ONNX Runtime's fast U8S8 kernels on x86)")
     s.add_argument("--latency-batches", default="1,256", help="batch sizes to time, comma-separated, or 'none'")
     s.add_argument("--latency-rounds", type=int, default=3)
     s.add_argument("--seed", type=int, default=0)
@@ -73,7 +75,8 @@ def run(args) -> int:
                           f"({CALIBRATION_BATCH}); give {CALIBRATION_BATCH} or more")
     latency_batches = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
     config = PostTraining(calibration=args.calibration, images=args.calibration_images,
-                          per_channel=not args.per_tensor, keep_fp32=tuple(args.keep_fp32))
+                          per_channel=not args.per_tensor, activations=args.activations,
+                          keep_fp32=tuple(args.keep_fp32))
     say = Progress(args.quiet)
     out = start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)

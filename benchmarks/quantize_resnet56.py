@@ -1,0 +1,186 @@
+"""int8 post-training quantization of the JPEG-fine-tuned ResNet-56 (issue 14), side by side with its peers.
+
+    python benchmarks/quantize_resnet56.py                 # cnnzip, ONNX Runtime directly, NNCF (if set up)
+    python benchmarks/quantize_resnet56.py --pruned         # also: FPGM-pruned ResNet-56 (45% fewer MACs) + int8
+
+Everything runs on the same model, the same 512 calibration images (training images, seed 0) and the same
+evaluation halves of the CIFAR-10 JPEG test split (stratified, seed 0): decisions and "val" on one half, "test"
+on the other. (The 5,000 held-out training images are no use for judging: the ../shared weights were trained on
+them.) Latencies are ONNX Runtime's, all files timed side by side in rotating order (--rounds), on --threads.
+
+Peers:
+- ONNX Runtime's `quantize_static` called directly on the exported fp32 file, with its defaults (QDQ, per-tensor
+  weights, int8 activations, MinMax) and with per-channel weights.
+- NNCF's PTQ (`nncf.quantize` on the ONNX model), run in its own virtual environment given by --nncf-python
+  (NNCF's ONNX backend needs no PyTorch; see `_nncf_ptq.py`). Without it, that row is left out and said so.
+Writes results/quantize_<arch>.json (--arch resnet56, the default, or resnet20).
+"""
+
+import argparse
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import CIFAR_JPEG, RUNS, save
+from baseline_resnet56 import ensure, model_file
+from cnnzip.data import Loader, load_image_folder, train_val_split
+from cnnzip.deploy import OnnxModel, compare_onnx_latency, export_onnx, stamp_meta
+from cnnzip.io import load_model
+from cnnzip.measure import Evaluator, count_macs
+from cnnzip.quantize import PostTraining, quantize_onnx, top1_agreement
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", choices=["resnet20", "resnet56"], default="resnet56")
+    ap.add_argument("--calibration-images", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pruned", action="store_true", help="also prune (FPGM, 45%% fewer MACs, --finetune-epochs) "
+                    "and quantize the pruned model")
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--nncf-python", default="/tmp/nncf-venv/bin/python", help="a Python with nncf, onnx and "
+                    "onnxruntime (NNCF's ONNX backend); a missing one skips NNCF")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ensure(arch=args.arch)
+    model, meta = load_model(model_file(args.arch))
+    ds = load_image_folder(CIFAR_JPEG)
+    test, val = train_val_split(ds.test, 5000, seed=0)
+    validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
+    tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
+    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
+    calibration = [x.numpy() for x, _ in Loader(ds.train.subset(order[:args.calibration_images]), 32,
+                                                  mean=meta.mean, std=meta.std)]
+    work = RUNS / f"bench-quantize-{args.arch}"
+    work.mkdir(parents=True, exist_ok=True)
+    shape = tuple(meta.input_shape)
+
+    def fp32_file(m, name):
+        path = work / f"{name}.fp32.onnx"
+        if not path.exists():
+            export_onnx(m, path, shape)
+            stamp_meta(path, meta)
+        return path
+
+    files = {"fp32": fp32_file(model, args.arch)}
+    for name, config in {"cnnzip int8": PostTraining(),
+                         "cnnzip int8 (per-tensor weights)": PostTraining(per_channel=False),
+                         "cnnzip int8 (int8 activations)": PostTraining(activations="int8")}.items():
+        tag = name.replace(" ", "-").replace("(", "").replace(")", "")
+        files[name] = quantize_onnx(files["fp32"], work / f"{tag}.onnx", calibration, config,
+                                    workdir=work / "cnnzip-work").path
+    files.update(ort_direct(files["fp32"], work, calibration))
+    nncf = nncf_ptq(args.nncf_python, files["fp32"], work, calibration)
+    if isinstance(nncf, Path):
+        files["NNCF int8"] = nncf
+    macs = {name: count_macs(model, shape) for name in files}
+    if args.pruned:
+        pruned = prune_fpgm(model, meta, ds, work, args.finetune_epochs)
+        files["pruned fp32"] = fp32_file(pruned, "pruned")
+        files["pruned cnnzip int8"] = quantize_onnx(files["pruned fp32"], work / "pruned.int8.onnx", calibration,
+                                                    PostTraining(), workdir=work / "pruned-work").path
+        macs.update({"pruned fp32": count_macs(pruned, shape), "pruned cnnzip int8": count_macs(pruned, shape)})
+
+    rows = {}
+    reference = OnnxModel(files["fp32"])
+    batches = [x.numpy() for x, _ in validator.batches]
+    for name, path in files.items():
+        m = OnnxModel(path)
+        rows[name] = {"file bytes": path.stat().st_size, "MACs": macs[name],
+                      "val accuracy": validator.evaluate(m).accuracy, "test accuracy": tester.evaluate(m).accuracy,
+                      "top-1 agreement with fp32": top1_agreement(
+                          lambda x: reference.session.run(None, {reference.input_name: x})[0],
+                          lambda x, m=m: m.session.run(None, {m.input_name: x})[0], batches)}
+        print(name, rows[name], flush=True)
+    times = compare_onnx_latency(files, shape, (1, 256), rounds=args.rounds)
+    for name in files:
+        rows[name].update(times[name])
+        for b in (1, 256):
+            rows[name][f"speed-up b{b} vs ORT fp32"] = times["fp32"][f"ort_ms_b{b}"] / times[name][f"ort_ms_b{b}"]
+    print(table(rows))
+    save(f"quantize_{args.arch}", {"rows": rows, "nncf": nncf if not isinstance(nncf, Path) else "ran",
+                               "calibration_images": args.calibration_images, "rounds": args.rounds,
+                               "threads": args.threads, "data": "CIFAR-10 JPEG; val/test = stratified halves "
+                               "of the test split (seed 0); calibration = training images (seed 0)",
+                               "table": table(rows)})
+
+
+def ort_direct(fp32: Path, work: Path, calibration: list[np.ndarray]) -> dict[str, Path]:
+    """ONNX Runtime's quantize_static on the same file and images: its defaults, and cnnzip's settings."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quant_pre_process, quantize_static
+
+    class Reader:
+        def __init__(self):
+            self.it = iter(calibration)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    pre = work / "ort-pre.onnx"
+    quant_pre_process(str(fp32), str(pre))
+    out = {}
+    for name, kwargs in {
+        "ORT quantize_static (defaults)": {},
+        "ORT quantize_static (per-channel)": {"per_channel": True},
+    }.items():
+        path = work / (name.split("(")[1].rstrip(")").replace(", ", "-").replace(" ", "-").replace(".", "") + ".onnx")
+        quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                        calibrate_method=CalibrationMethod.MinMax, **kwargs)
+        out[name] = path
+    return out
+
+
+def nncf_ptq(python: str, fp32: Path, work: Path, calibration: list[np.ndarray]) -> Path | str:
+    if not Path(python).exists():
+        return f"not run: no Python with NNCF at {python} (python3 -m venv /tmp/nncf-venv && /tmp/nncf-venv/bin/pip " \
+               "install nncf onnx onnxruntime)"
+    out = work / "nncf.int8.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "calibration.npz"
+        np.savez(data, *calibration)
+        script = Path(__file__).with_name("_nncf_ptq.py")
+        r = subprocess.run([python, str(script), str(fp32), str(data), str(out)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return "failed: " + (r.stderr.strip().splitlines() or ["?"])[-1][:300]
+    return out
+
+
+def prune_fpgm(model, meta, ds, work: Path, epochs: int):
+    """FPGM channel pruning to 45% fewer MACs, fine-tuned `epochs` on the training images (cnnzip prune's way)."""
+    from cnnzip.finetune import Finetuner
+    from cnnzip.io import save_model
+    from cnnzip.prune import ChannelPruning, prune_to_macs
+    from cnnzip.train import TrainConfig
+
+    path = work / f"pruned-fpgm45-ft{epochs}.pt"
+    if path.exists():
+        return load_model(path)[0]
+    result = prune_to_macs(model, ChannelPruning(method="fpgm"), torch.zeros(1, *meta.input_shape), 0.45)
+    pruned = result.model
+    batches = Loader(ds.train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
+    Finetuner(batches, {"finetune": epochs}, TrainConfig(lr=0.01), run_dir=work / "checkpoints")("finetune", pruned)
+    save_model(path, pruned.eval(), meta)
+    return pruned
+
+
+def table(rows: dict) -> str:
+    keys = ["file bytes", "MACs", "val accuracy", "test accuracy", "top-1 agreement with fp32", "ort_ms_b1",
+            "ort_ms_b256", "speed-up b1 vs ORT fp32", "speed-up b256 vs ORT fp32"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, r in rows.items():
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            cells.append("-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.2%}" if "accuracy" in k or
+                         "agreement" in k else f"{v:.2f}x" if "speed-up" in k else f"{v:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
