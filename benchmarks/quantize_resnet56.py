@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--pruned", action="store_true", help="also prune (FPGM, 45%% fewer MACs, --finetune-epochs) "
                     "and quantize the pruned model")
     ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--cnnz", action="store_true", help="also deep-compress the same model (70%% sparse, 6-bit conv, "
+                    "5-bit fc, no fine-tune) for its file size beside the int8 files")
     ap.add_argument("--nncf-python", default="/tmp/nncf-venv/bin/python", help="a Python with nncf, onnx and "
                     "onnxruntime (NNCF's ONNX backend); a missing one skips NNCF")
     args = ap.parse_args()
@@ -96,6 +98,8 @@ def main() -> None:
                           lambda x: reference.session.run(None, {reference.input_name: x})[0],
                           lambda x, m=m: m.session.run(None, {m.input_name: x})[0], batches)}
         print(name, rows[name], flush=True)
+    if args.cnnz:
+        rows.update(deep_compressed(model, meta, work, validator, tester, shape))
     times = compare_onnx_latency(files, shape, (1, 256), rounds=args.rounds)
     for name in files:
         rows[name].update(times[name])
@@ -107,6 +111,19 @@ def main() -> None:
                                "threads": args.threads, "data": "CIFAR-10 JPEG; val/test = stratified halves "
                                "of the test split (seed 0); calibration = training images (seed 0)",
                                "table": table(rows)})
+
+
+def deep_compressed(model, meta, work: Path, validator, tester, shape) -> dict:
+    """Weight sharing's file beside quantization's: the .cnnz of the same model (decoded to fp32 to run)."""
+    from cnnzip.deep import MagnitudePruning, WeightSharing, deep_compress, load_compressed, save_compressed
+
+    path = work / "model.cnnz"
+    shared, books = deep_compress(model, MagnitudePruning(ratio=0.7), WeightSharing(conv_bits=6, fc_bits=5))
+    save_compressed(path, shared, books, meta)
+    decoded, _ = load_compressed(path)
+    return {"cnnzip .cnnz (70% sparse, 6/5-bit, no fine-tune)": {
+        "file bytes": path.stat().st_size, "MACs": count_macs(decoded, shape),
+        "val accuracy": validator.evaluate(decoded).accuracy, "test accuracy": tester.evaluate(decoded).accuracy}}
 
 
 def ort_direct(fp32: Path, work: Path, calibration: list[np.ndarray]) -> dict[str, Path]:
