@@ -47,8 +47,7 @@ def run(args) -> int:
     lat = [measure_latency(model, shape, b, repeats=args.repeats) for b in int_list(args.batch_sizes, "--batch-sizes")]
     info = {"model": args.target, "input_shape": list(shape), **fp.as_dict(),
             "file_bytes": Path(args.target).stat().st_size if Path(args.target).is_file() else None,
-            "latency": [{"batch_size": x.batch_size, "median_ms": x.median_ms,
-                         "images_per_second": x.images_per_second} for x in lat]}
+            "latency": _latency_json(lat)}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -59,9 +58,7 @@ def run(args) -> int:
     if meta is not None or Path(args.target).is_file():
         print(f"file bytes     {Path(args.target).stat().st_size:,}  ({args.target} as it is on disk)")
     print(f"fp32 bytes     {fp.saved_bytes:,}  (torch.save of the fp32 state dict)")
-    for x in lat:
-        print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s "
-              f"({args.device}, eager)")
+    _print_latency(lat, f"{args.device}, eager")
     return 0
 
 
@@ -74,16 +71,22 @@ def _onnx_info(args, model: OnnxModel, shape: tuple[int, ...]) -> int:
            for b in int_list(args.batch_sizes, "--batch-sizes")]
     nodes = quantizable_nodes(model.path)
     info = {"model": args.target, "input_shape": list(shape), "file_bytes": model.path.stat().st_size,
-            "runtime": "onnxruntime", "conv_and_matmul_nodes": len(nodes),
-            "latency": [{"batch_size": x.batch_size, "median_ms": x.median_ms,
-                         "images_per_second": x.images_per_second} for x in lat]}
+            "runtime": "onnxruntime", "conv_and_matmul_nodes": len(nodes), "latency": _latency_json(lat)}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"model          {args.target}  (input {tuple(shape)}, an ONNX file: measured in ONNX Runtime)")
     print(f"file bytes     {info['file_bytes']:,}")
     print(f"conv/matmul    {len(nodes)} nodes")
-    for x in lat:
-        print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s "
-              "(cpu, ONNX Runtime)")
+    _print_latency(lat, "cpu, ONNX Runtime")
     return 0
+
+
+def _latency_json(lat) -> list[dict]:
+    return [{"batch_size": x.batch_size, "median_ms": x.median_ms, "images_per_second": x.images_per_second}
+            for x in lat]
+
+
+def _print_latency(lat, where: str) -> None:
+    for x in lat:
+        print(f"latency b={x.batch_size:<4} {x.median_ms:9.3f} ms median  {x.images_per_second:10.1f} img/s ({where})")
