@@ -133,3 +133,50 @@ def test_every_kind_of_cnnzip_file_quantizes(tmp_path, digits_model, capsys):
         report = json.loads((out / "report.json").read_text())
         assert report["agreement"] >= 0.95  # with the fp32 export of that very file, on the validation split
         assert abs(report["rows"]["int8"]["validation accuracy"] - report["rows"]["fp32"]["validation accuracy"]) < 0.03
+
+
+def test_quantization_aware_training_recovers_low_bit_weights_and_exports_what_it_trained(digits, tmp_path):
+    from cnnzip.quantize import QuantizationAware, calibrate_ranges, prepare_qat, strip_qat
+
+    model, meta, calibration, val = digits
+    ds = load_digits()
+    train, _ = train_val_split(ds.train, val_size=0.2, seed=0)
+    batches = Loader(train, 64, shuffle=True, mean=ds.mean, std=ds.std)
+    calib = [torch.from_numpy(x) for x in calibration]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # 3-bit weights: fake-quantizing the trained model (post-training) loses accuracy; two epochs of QAT win it back.
+    fake = prepare_qat(model, QuantizationAware(weight_bits=3))
+    calibrate_ranges(fake, calib)
+    post_training = val.evaluate(fake).accuracy
+    fit(fake, batches, TrainConfig(epochs=2, lr=0.01), progress=False)
+    calibrate_ranges(fake, calib)
+    aware = val.evaluate(fake).accuracy
+    assert aware >= post_training + 0.02, (post_training, aware)
+    # 8-bit QAT: the ONNX Runtime int8 file computes what the fake-quantized model computes.
+    fake8 = prepare_qat(model, QuantizationAware())
+    fit(fake8, batches, TrainConfig(epochs=1, lr=0.01), progress=False)
+    calibrate_ranges(fake8, calib)
+    plain = strip_qat(fake8).eval()
+    assert not any(type(m).__name__ == "FakeQuantized" for m in plain.modules())
+    int8 = OnnxModel(quantize_onnx(_export(plain, meta, tmp_path / "qat.onnx"), tmp_path / "qat.int8.onnx",
+                                   calibration, PostTraining()).path)
+    xs = torch.cat([x for x, _ in val.batches])
+    with torch.no_grad():
+        agreement = float((fake8.eval()(xs).argmax(1) == int8(xs).argmax(1)).float().mean())
+    assert agreement >= 0.98
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
+    with pytest.raises(ConfigError, match="weight_bits"):
+        QuantizationAware(weight_bits=1)
+
+
+def test_quantize_command_with_qat(tmp_path, digits_model, capsys):
+    model = digits_model(6)
+    assert main(["quantize", str(model), "--weight-bits", "4", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "needs quantization-aware training" in capsys.readouterr().err
+    out = tmp_path / "qat"
+    assert main(["quantize", str(model), "--qat-epochs", "1", "--weight-bits", "4", "--latency-batches", "none",
+                 "--out", str(out), "--quiet"]) == 0
+    assert "agreement of int8 with the fake-quantized model" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["qat"] == {"epochs": 1, "weight_bits": 4} and report["agreement"] >= 0.95
+    assert (out / "model.qat-fp32.onnx").exists()

@@ -230,7 +230,8 @@ class Prepared:
         return Finetuner(batches if batches is not None else self.batches(self.train), epochs,
                          TrainConfig(lr=self.args.lr, seed=self.args.seed), hooks=hooks, run_dir=self.args.out,
                          fingerprint=run_fingerprint(self.args, **fingerprint), device=self.device,
-                         evaluator=evaluator, progress=not self.args.no_progress, on_start=on_start)
+                         evaluator=evaluator, on_start=on_start,
+                         progress=not (self.args.no_progress or getattr(self.args, "quiet", False)))
 
 
 def prepare(args: argparse.Namespace, say: Progress | None = None, weights: bool = True) -> Prepared:

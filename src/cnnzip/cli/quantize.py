@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from ..errors import ConfigError
 from ..report import Section, comparison_cells, format_table, ratio_row
 from .options import (
@@ -55,21 +57,32 @@ def add_arguments(s) -> None:
     s.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
     s.add_argument("--activations", choices=["uint8", "int8"], default="uint8", help="8-bit activation type "
                    "(uint8: ONNX Runtime's fast U8S8 kernels on x86)")
+    s.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training: fine-tune this many epochs "
+                   "with fake-quantized weights and activations before writing the int8 file (0: post-training only)")
+    s.add_argument("--weight-bits", type=int, default=8, help="QAT weight bits (8, or fewer: trained on that grid, "
+                   "stored as int8)")
+    s.add_argument("--lr", type=float, default=0.001, help="QAT learning rate")
+    s.add_argument("--batch-size", type=int, default=128, help="QAT batch size")
+    s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--no-progress", action="store_true")
     s.add_argument("--latency-batches", default="1,256", help="batch sizes to time, comma-separated, or 'none'")
     s.add_argument("--latency-rounds", type=int, default=3)
     s.add_argument("--seed", type=int, default=0)
     add_out_args(s, "runs/quantize")
 
 
-FREE = ("latency_batches", "latency_rounds")
+FREE = ("latency_batches", "latency_rounds", "no_progress")
 
 
 def run(args) -> int:
     from ..deploy import OnnxModel, compare_onnx_latency, export_onnx, stamp_meta
     from ..measure import target_accuracy
-    from ..quantize import PostTraining, quantize_to_target, top1_agreement
+    from ..quantize import PostTraining, QuantizationAware, quantize_to_target, top1_agreement
 
-    nonnegative(args, "max_fp32_layers", "latency_rounds")
+    nonnegative(args, "max_fp32_layers", "latency_rounds", "qat_epochs")
+    if args.weight_bits != 8 and not args.qat_epochs:
+        raise ConfigError("--weight-bits below 8 needs quantization-aware training: give --qat-epochs 1 or more")
+    qat_config = QuantizationAware(weight_bits=args.weight_bits)
     if args.calibration_images < CALIBRATION_BATCH:
         raise ConfigError(f"--calibration-images {args.calibration_images} is smaller than one calibration batch "
                           f"({CALIBRATION_BATCH}); give {CALIBRATION_BATCH} or more")
@@ -89,6 +102,10 @@ def run(args) -> int:
     calibration = [x.numpy() for x, _ in job.evaluator(some(job.train, args.calibration_images, args.seed,
                                                                "--calibration-images"), CALIBRATION_BATCH).batches]
     validate = job.evaluator(val)
+    source, fake = fp32, None
+    if args.qat_epochs:
+        say(f"quantization-aware training: {args.qat_epochs} epochs, {args.weight_bits}-bit weights")
+        fake, source = _qat(job, qat_config, calibration, out, meta)
 
     def accuracy_of(path):
         return validate.evaluate(OnnxModel(path)).accuracy
@@ -101,11 +118,12 @@ def run(args) -> int:
             raise ConfigError(f"--drop is an accuracy drop in [0, 1), e.g. 0.003; got {args.drop}")
         target = target_accuracy(args.target_acc, args.drop, fp32_accuracy)
     say(f"calibrating ({args.calibration}, {len(calibration) * CALIBRATION_BATCH} training images) and quantizing")
-    result = quantize_to_target(fp32, out / "model.int8.onnx", calibration, config, accuracy_of, target,
+    result = quantize_to_target(source, out / "model.int8.onnx", calibration, config, accuracy_of, target,
                                 workdir=out / "work", max_fp32=args.max_fp32_layers, say=say)
     stamp_meta(result.path, meta)
-    int8, reference = OnnxModel(result.path), OnnxModel(fp32)
-    agreement = top1_agreement(lambda x: reference.session.run(None, {reference.input_name: x})[0],
+    int8 = OnnxModel(result.path)
+    reference = fake if fake is not None else OnnxModel(fp32)  # QAT: what the int8 file must compute
+    agreement = top1_agreement(lambda x: reference(torch.from_numpy(x)).detach().numpy(),
                                lambda x: int8.session.run(None, {int8.input_name: x})[0],
                                [x.numpy() for x, _ in validate.batches])
     say("evaluating both files once on the test split")
@@ -120,7 +138,8 @@ def run(args) -> int:
             rows[name].update(times)
     ratios = ratio_row(rows["fp32"], rows["int8"])
     print(format_table(rows, ratios))
-    print(f"top-1 agreement of int8 with fp32 on the validation split: {agreement:.2%}")
+    print(f"top-1 agreement of int8 with {'the fake-quantized model' if fake is not None else 'fp32'} on the "
+          f"validation split: {agreement:.2%}")
     if result.kept_fp32:
         print(f"kept in fp32: {', '.join(result.kept_fp32)}")
     if result.not_quantized:
@@ -130,6 +149,7 @@ def run(args) -> int:
                                            "fp32; allow more with --max-fp32-layers, or calibrate differently"))
     print(f"saved {result.path}")
     report = {"config": config.__dict__ | {"keep_fp32": list(config.keep_fp32)}, "rows": rows, "agreement": agreement,
+              "qat": {"epochs": args.qat_epochs, "weight_bits": args.weight_bits} if args.qat_epochs else None,
               "target": target, "met": result.met, "all_int8_accuracy": result.all_int8_accuracy,
               "kept_fp32": result.kept_fp32, "not_quantized": result.not_quantized, "steps": result.steps,
               "sensitivity": result.sensitivity}
@@ -143,3 +163,18 @@ def run(args) -> int:
                 + [[n, "by request", None, None] for n in config.keep_fp32]
                 + [[n, "not quantizable", None, None] for n in result.not_quantized])])
     return 0 if result.met else 1
+
+
+def _qat(job, config, calibration, out, meta):
+    """Train a fake-quantized copy, set its ranges from the calibration images, export its weights: (model, file)."""
+    import torch
+
+    from ..deploy import export_onnx, stamp_meta
+    from ..quantize import calibrate_ranges, prepare_qat, strip_qat
+
+    fake = prepare_qat(job.model.cpu().eval(), config)
+    job.finetuner({"qat": job.args.qat_epochs}, weight_bits=config.weight_bits)("qat", fake)
+    calibrate_ranges(fake, [torch.from_numpy(x) for x in calibration])
+    path = export_onnx(strip_qat(fake).eval(), out / "model.qat-fp32.onnx", job.shape)
+    stamp_meta(path, meta)
+    return fake.eval(), path
