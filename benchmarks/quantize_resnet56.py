@@ -17,6 +17,7 @@ Writes results/quantize_<arch>.json (--arch resnet56, the default, or resnet20).
 """
 
 import argparse
+import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--pruned", action="store_true", help="also prune (FPGM, 45%% fewer MACs, --finetune-epochs) "
                     "and quantize the pruned model")
     ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--qat-epochs", type=int, default=0, help="also: 4-bit weights, post-training vs this many "
+                    "epochs of quantization-aware training (fake-quantized accuracy, and the int8 file's)")
     ap.add_argument("--cnnz", action="store_true", help="also deep-compress the same model (70%% sparse, 6-bit conv, "
                     "5-bit fc, no fine-tune) for its file size beside the int8 files")
     ap.add_argument("--nncf-python", default="/tmp/nncf-venv/bin/python", help="a Python with nncf, onnx and "
@@ -100,17 +103,49 @@ def main() -> None:
         print(name, rows[name], flush=True)
     if args.cnnz:
         rows.update(deep_compressed(model, meta, work, validator, tester, shape))
+    qat = qat_4bit(model, meta, ds, work, calibration, validator, tester, args.qat_epochs) if args.qat_epochs else None
     times = compare_onnx_latency(files, shape, (1, 256), rounds=args.rounds)
     for name in files:
         rows[name].update(times[name])
         for b in (1, 256):
             rows[name][f"speed-up b{b} vs ORT fp32"] = times["fp32"][f"ort_ms_b{b}"] / times[name][f"ort_ms_b{b}"]
     print(table(rows))
-    save(f"quantize_{args.arch}", {"rows": rows, "nncf": nncf if not isinstance(nncf, Path) else "ran",
+    if qat:
+        print(json.dumps(qat, indent=2))
+    save(f"quantize_{args.arch}", {"rows": rows, "qat_4bit": qat, "nncf": nncf if not isinstance(nncf, Path) else "ran",
                                "calibration_images": args.calibration_images, "rounds": args.rounds,
                                "threads": args.threads, "data": "CIFAR-10 JPEG; val/test = stratified halves "
                                "of the test split (seed 0); calibration = training images (seed 0)",
                                "table": table(rows)})
+
+
+def qat_4bit(model, meta, ds, work: Path, calibration, validator, tester, epochs: int) -> dict:
+    """4-bit weights, 8-bit activations: post-training (fake-quantized, calibrated) against `epochs` of QAT."""
+    from cnnzip.finetune import Finetuner
+    from cnnzip.quantize import QuantizationAware, calibrate_ranges, prepare_qat, strip_qat
+    from cnnzip.train import TrainConfig
+
+    calib = [torch.from_numpy(x) for x in calibration]
+    fake = prepare_qat(model, QuantizationAware(weight_bits=4))
+    calibrate_ranges(fake, calib)
+    out = {"post-training 4-bit (fake-quantized)": {"val": validator.evaluate(fake).accuracy,
+                                                    "test": tester.evaluate(fake).accuracy}}
+    batches = Loader(ds.train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
+    Finetuner(batches, {"qat": epochs}, TrainConfig(lr=0.001), run_dir=work / "checkpoints")("qat", fake)
+    calibrate_ranges(fake, calib)
+    out[f"QAT 4-bit, {epochs} epoch(s) (fake-quantized)"] = {"val": validator.evaluate(fake).accuracy,
+                                                              "test": tester.evaluate(fake).accuracy}
+    path = work / "qat4.fp32.onnx"
+    export_onnx(strip_qat(fake).eval(), path, tuple(meta.input_shape))
+    int8 = OnnxModel(quantize_onnx(path, work / "qat4.int8.onnx", calibration, PostTraining(),
+                                   workdir=work / "qat-work").path)
+    fake.eval()
+    out[f"QAT 4-bit, {epochs} epoch(s), int8 file in ORT"] = {
+        "val": validator.evaluate(int8).accuracy, "test": tester.evaluate(int8).accuracy,
+        "top-1 agreement with the fake-quantized model": top1_agreement(
+            lambda x: fake(torch.from_numpy(x)).detach().numpy(),
+            lambda x: int8.session.run(None, {int8.input_name: x})[0], [x.numpy() for x, _ in validator.batches])}
+    return out
 
 
 def deep_compressed(model, meta, work: Path, validator, tester, shape) -> dict:
