@@ -167,8 +167,6 @@ def run(args) -> int:
 
 def _qat(job, config, calibration, out, meta):
     """Train a fake-quantized copy, set its ranges from the calibration images, export its weights: (model, file)."""
-    import torch
-
     from ..deploy import export_onnx, stamp_meta
     from ..quantize import calibrate_ranges, prepare_qat, strip_qat
 
