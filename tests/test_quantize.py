@@ -180,3 +180,19 @@ def test_quantize_command_with_qat(tmp_path, digits_model, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["qat"] == {"epochs": 1, "weight_bits": 4} and report["agreement"] >= 0.95
     assert (out / "model.qat-fp32.onnx").exists()
+
+
+def test_search_with_int8_as_the_last_step(tmp_path, digits_model, capsys):
+    model = digits_model(6)
+    args = ["search", str(model), "--order", "ns", "--structured", "l1", "--quantize", "int8", "--drop", "0.02",
+            "--step", "0.2", "--max-ratio", "0.8", "--calibration-images", "64", "--out", str(tmp_path / "s"),
+            "--quiet"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "s" / "result.json").read_text())
+    best = tmp_path / "s" / "best.int8.onnx"
+    assert result["path"] == str(best) and result["final_size"] == best.stat().st_size
+    assert result["best"]["size"] == best.stat().st_size  # the size objective is the int8 file's
+    loaded, _ = cnnzip.load(best)
+    assert isinstance(loaded, OnnxModel) and result["final_accuracy"] >= result["target"]
+    assert main([*args[:-3], "--order", "ns-dc", "--out", str(tmp_path / "t"), "--quiet"]) == 2
+    assert "--order ns with --quantize int8" in capsys.readouterr().err

@@ -45,6 +45,11 @@ def add_arguments(s) -> None:
     s.add_argument("--order", choices=["ns-dc", "dc-ns", "ns", "dc"], default="ns-dc",
                    help="methods and their order: ns = network slimming, dc = deep compression")
     s.add_argument("--structured", choices=["slimming", "l1", "l2", "fpgm"], default="slimming")
+    s.add_argument("--quantize", choices=["int8"], default=None, help="int8 post-training quantization as the last "
+                   "step (needs the [onnx] extra): candidates are int8 ONNX files, judged in ONNX Runtime; with "
+                   "--order ns")
+    s.add_argument("--calibration-images", type=int, default=512, help="training images that calibrate each "
+                   "candidate's int8 ranges (with --quantize)")
     s.add_argument("--margin", type=int, default=5, help="the heuristic's margin, in grid steps")
     s.add_argument("--step", type=float, default=0.05, help="grid step of every ratio (default 0.05)")
     s.add_argument("--max-ratio", type=float, default=0.95)
@@ -78,7 +83,7 @@ def run(args) -> int:
     nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images")
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
-                          fc_bits=args.fc_bits),
+                          fc_bits=args.fc_bits, quantize=args.quantize),
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
         margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget)
     say = Progress(args.quiet)
@@ -90,8 +95,12 @@ def run(args) -> int:
     if any(epochs.values()):
         finetune = job.finetuner(epochs, job.batches(job.train, args.train_batch_size),
                                  train_batch_size=args.train_batch_size, search=config.as_dict())
+    calibration = None
+    if args.quantize:
+        images = some(job.train, args.calibration_images, args.seed, "--calibration-images")
+        calibration = [x.numpy() for x, _ in job.evaluator(images, 32).batches]
     result = search(job.model.cpu().eval(), job.evaluator(val, args.batch_size), job.out_meta(), config, args.out,
-                    finetune=finetune, say=say)
+                    finetune=finetune, say=say, calibration=calibration)
     cost = result.cost
     print(f"baseline validation accuracy {result.baseline_accuracy:.2%}; target {result.target:.2%}")
     print(f"{cost['checks']:.0f} accuracy checks, {cost['images']:,.0f} images evaluated, {cost['seconds']:.0f} s"

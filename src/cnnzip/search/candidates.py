@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,6 +49,9 @@ class Pipeline:
 
     `order`: 'ns-dc' (slimming first), 'dc-ns' (deep compression's pruning first), 'ns' or 'dc' alone.
     `structured`: the channel importance (slimming = |BN gamma|, or l1, l2, fpgm).
+    `quantize`: 'int8' makes int8 post-training quantization the last step: a candidate is then the int8 ONNX
+    file (its size is that file's, its accuracy ONNX Runtime's). Structured pruning only ('ns'): the int8 file
+    stores dense weights, so deep compression's zeros and shared values would not shrink it.
     """
 
     order: str = "ns-dc"
@@ -54,10 +59,16 @@ class Pipeline:
     conv_bits: int = 8
     fc_bits: int = 5
     skip: tuple[str, ...] = ()
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}")
+        if self.quantize not in (None, "int8"):
+            raise ConfigError(f"quantize must be int8 or nothing; got {self.quantize!r}")
+        if self.quantize and "dc" in self.order.split("-"):
+            raise ConfigError("an int8 file stores dense weights, so deep compression's zeros and shared values do "
+                              "not shrink it: search --order ns with --quantize int8")
         object.__setattr__(self, "skip", tuple(self.skip))
 
     @property
@@ -78,7 +89,12 @@ class Candidate:
 class Compressor:
     """Builds candidates of one pipeline from one trained model, caching the channel analysis."""
 
-    def __init__(self, model: nn.Module, pipeline: Pipeline, meta: ModelMeta, workdir: str | Path | None = None):
+    def __init__(self, model: nn.Module, pipeline: Pipeline, meta: ModelMeta, workdir: str | Path | None = None,
+                 calibration: Sequence[np.ndarray] | None = None):
+        """`calibration`: training batches (numpy, normalised) for the int8 step; needed only with quantize."""
+        if pipeline.quantize and not calibration:
+            raise ConfigError("quantizing candidates needs calibration batches of training images")
+        self.calibration = list(calibration) if calibration else None
         self.model = copy.deepcopy(model).cpu().eval()
         self.pipeline = pipeline
         self.meta = meta
@@ -120,8 +136,21 @@ class Compressor:
                 books = codebooks_of(shared, books)
             report = save_compressed(path, shared, books, self.meta)
             return Candidate(ratios, shared, report.file_bytes, path if keep_file else None)
+        if self.pipeline.quantize:
+            return self._int8(ratios, model, keep_file)
         save_model(path, model, self.meta)
         return Candidate(ratios, model, path.stat().st_size, path if keep_file else None)
+
+    def _int8(self, ratios: tuple[float, ...], model: nn.Module, keep_file: Path | None) -> Candidate:
+        """Export, quantize (calibrated afresh: each candidate has its own weights) and wrap for ONNX Runtime."""
+        from ..deploy import OnnxModel, export_onnx, stamp_meta
+        from ..quantize import PostTraining, quantize_onnx
+
+        fp32 = export_onnx(model, self.workdir / "candidate.fp32.onnx", tuple(self.meta.input_shape))
+        path = keep_file or self.workdir / "candidate.int8.onnx"
+        quantize_onnx(fp32, path, self.calibration, PostTraining())
+        stamp_meta(path, self.meta)
+        return Candidate(ratios, OnnxModel(path), path.stat().st_size, path if keep_file else None)
 
     def _channel_prune(self, model: nn.Module, ratio: float) -> nn.Module:
         if ratio == 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,13 +104,14 @@ def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
 
 def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: SearchConfig,
            run_dir: str | Path, finetune: Finetune | None = None,
-           say: Callable[[str], None] | None = None) -> SearchResult:
+           say: Callable[[str], None] | None = None, calibration: Sequence | None = None) -> SearchResult:
     """Search for the smallest candidate whose accuracy on `evaluator` (a validation split) meets the target.
 
     The caller's model is not changed. The winner is written to `run_dir` and its trials to trials.jsonl.
     Trials are never fine-tuned (that would multiply the cost by the epochs); the winner is rebuilt with
     `finetune` if given (see `candidates.STAGES`). The written file is reloaded and evaluated in full.
-    `say(text)` hears one line per stage and per accuracy check.
+    `say(text)` hears one line per stage and per accuracy check. `calibration` (training batches) is needed when
+    the pipeline quantizes.
     """
     say = say or (lambda text: None)
     run = Path(run_dir)
@@ -125,7 +126,7 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     say("evaluating the baseline on the validation split")
     baseline = evaluator.evaluate(model).accuracy
     target = resolve_target(config, baseline)
-    compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp")
+    compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp", calibration=calibration)
     trials = Trials(compressor, evaluator, target, config.grid, run / "trials.jsonl", strategy=config.strategy,
                     early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget,
                     say=say)
@@ -138,7 +139,7 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     best = strategy(trials, n) if config.strategy == "grid" else strategy(trials, n, config.margin)
     path = final_accuracy = final_size = None
     if best is not None:
-        suffix = ".cnnz" if "dc" in config.pipeline.axes else ".pt"
+        suffix = ".int8.onnx" if config.pipeline.quantize else ".cnnz" if "dc" in config.pipeline.axes else ".pt"
         path = run / f"best{suffix}"
         say(f"writing the winner to {path}" + (" (fine-tuned)" if finetune is not None else ""))
         compressor.build(best.ratios, keep_file=path, finetune=finetune)
