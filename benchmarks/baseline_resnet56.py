@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from _common import CIFAR_JPEG, RESNET20, RESNET56, RUNS, require_shared, save
 
 WEIGHTS = {"resnet20": RESNET20, "resnet56": RESNET56}
@@ -37,6 +39,25 @@ def ensure(epochs: int = 2, arch: str = "resnet56") -> dict:
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     return json.loads((out / "metrics.json").read_text())
+
+
+def quantization_setup(arch: str, calibration_images: int = 512):
+    """What the int8 benchmarks share: the fine-tuned baseline and its meta, the data, evaluators on the two
+    stratified halves of the JPEG test split (val, test; seed 0), and calibration batches of training images."""
+    from cnnzip.data import Loader, load_image_folder, train_val_split
+    from cnnzip.io import load_model
+    from cnnzip.measure import Evaluator
+
+    ensure(arch=arch)
+    model, meta = load_model(model_file(arch))
+    ds = load_image_folder(CIFAR_JPEG)
+    test, val = train_val_split(ds.test, 5000, seed=0)
+    validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
+    tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
+    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
+    calibration = [x.numpy() for x, _ in Loader(ds.train.subset(order[:calibration_images]), 32, mean=meta.mean,
+                                                  std=meta.std)]
+    return model, meta, ds, validator, tester, calibration
 
 
 def main() -> None:

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import CIFAR_JPEG, RUNS, save
-from baseline_resnet56 import ensure, model_file
-from cnnzip.data import Loader, load_image_folder, train_val_split
+from _common import RUNS, save
+from baseline_resnet56 import quantization_setup
+from cnnzip.data import Loader
 from cnnzip.deploy import OnnxModel, compare_onnx_latency, export_onnx, stamp_meta
 from cnnzip.io import load_model
-from cnnzip.measure import Evaluator, count_macs
+from cnnzip.measure import count_macs
 from cnnzip.quantize import PostTraining, quantize_onnx, top1_agreement
 
 
@@ -51,15 +51,7 @@ def main() -> None:
                     "onnxruntime (NNCF's ONNX backend); a missing one skips NNCF")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ensure(arch=args.arch)
-    model, meta = load_model(model_file(args.arch))
-    ds = load_image_folder(CIFAR_JPEG)
-    test, val = train_val_split(ds.test, 5000, seed=0)
-    validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
-    tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
-    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
-    calibration = [x.numpy() for x, _ in Loader(ds.train.subset(order[:args.calibration_images]), 32,
-                                                  mean=meta.mean, std=meta.std)]
+    model, meta, ds, validator, tester, calibration = quantization_setup(args.arch, args.calibration_images)
     work = RUNS / f"bench-quantize-{args.arch}"
     work.mkdir(parents=True, exist_ok=True)
     shape = tuple(meta.input_shape)

@@ -13,12 +13,11 @@ import argparse
 
 import torch
 
-from _common import CIFAR_JPEG, RUNS, save
-from baseline_resnet56 import ensure, model_file
-from cnnzip.data import Loader, load_image_folder, train_val_split
+from _common import RUNS, save
+from baseline_resnet56 import model_file, quantization_setup
 from cnnzip.deploy import OnnxModel, compare_onnx_latency, export_onnx
-from cnnzip.io import load, load_model
-from cnnzip.measure import Evaluator, count_macs
+from cnnzip.io import load
+from cnnzip.measure import count_macs
 from cnnzip.search import Pipeline, SearchConfig, search
 
 
@@ -30,14 +29,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ensure(arch=args.arch)
-    model, meta = load_model(model_file(args.arch))
-    ds = load_image_folder(CIFAR_JPEG)
-    test, val = train_val_split(ds.test, 5000, seed=0)
-    validator = Evaluator(Loader(val, 500, mean=meta.mean, std=meta.std))
-    tester = Evaluator(Loader(test, 500, mean=meta.mean, std=meta.std))
-    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
-    calibration = [x.numpy() for x, _ in Loader(ds.train.subset(order[:512]), 32, mean=meta.mean, std=meta.std)]
+    model, meta, ds, validator, tester, calibration = quantization_setup(args.arch, 512)
     root = RUNS / f"bench-search-quantize-{args.arch}"
     shape = tuple(meta.input_shape)
     rows, files = {}, {"fp32 baseline": export_onnx(model, root / "baseline.fp32.onnx", shape)}
