@@ -297,6 +297,35 @@ def test_prune_to_macs_hits_the_target():
     assert result.max_error <= 1e-4
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_round_to_keeps_multiples_of_n_channels_chosen_by_importance(scope):
+    """Hardware-friendly widths: every pruned layer keeps a multiple of 8 (rounded up), the best channels kept."""
+    model = _randomise_bn(create_model("resnet20"))  # inner widths 16, 32, 64
+    graph = analyze(model, X)
+    plain = plan_channels(graph, ChannelPruning(method="l1", ratio=0.4, scope=scope))
+    plan = plan_channels(graph, ChannelPruning(method="l1", ratio=0.4, scope=scope, round_to=8))
+    sizes = {g.name: g.size for g in graph.groups}
+    assert plan and any(len(plain[k]) != len(plan.get(k, [])) for k in plain)  # rounding changed something
+    for name, removed in plan.items():
+        kept = sizes[name] - len(removed)
+        assert kept % 8 == 0 and kept >= sizes[name] - len(plain[name])  # rounded up, never down
+        assert set(removed) <= set(plain[name])  # the channels kept are the more important ones
+    result = apply_plan(graph, plan)
+    assert result.max_error <= 1e-4
+    assert all(w[1] % 8 == 0 for w in layer_widths(result.model).values() if isinstance(w, tuple) and len(w) == 2)
+    with pytest.raises(ConfigError, match="round_to"):
+        ChannelPruning(ratio=0.2, round_to=0)
+
+
+def test_round_to_leaves_groups_smaller_than_n_whole():
+    model = _randomise_bn(create_model("resnet20", width=0.5))  # inner widths 8, 16, 32
+    graph = analyze(model, X)
+    plan = plan_channels(graph, ChannelPruning(method="l1", ratio=0.5, scope="layer", round_to=16))
+    assert not any(v for k, v in plan.items() if k.startswith("layer1."))
+    assert not any(v for k, v in plan.items() if k.startswith("layer2."))  # 16 -> 8, rounded up to 16
+    assert all(len(v) == 16 for k, v in plan.items() if k.startswith("layer3."))  # 32 -> 16
+
+
 def test_sparsity_hook_drives_gammas_down():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

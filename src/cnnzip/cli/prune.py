@@ -53,6 +53,9 @@ def add_arguments(s) -> None:
     s.add_argument("--min-channels", type=int, default=1, help="channels every layer keeps (default 1)")
     s.add_argument("--skip", action="append", default=[], metavar="REGEX",
                    help="leave layers matching this name or regex alone (repeatable)")
+    s.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="every pruned layer keeps a multiple of N channels (rounded up): CPU kernels work on "
+                   "blocks of 8 or 16 channels (default 1: no rounding)")
     s.add_argument("--finetune-epochs", type=int, default=0)
     s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
     s.add_argument("--no-augment", action="store_true", help="fine-tune without random crop and flip")
@@ -71,7 +74,8 @@ def run(args) -> int:
     nonnegative(args, "finetune_epochs")
     batches_latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
     config = ChannelPruning(method=args.method, ratio=args.ratio, threshold=args.threshold, scope=args.scope,
-                            min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed)
+                            min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed,
+                            round_to=args.round_to)
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)
