@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--pruned", action="store_true", help="also prune (FPGM, 45%% fewer MACs, --finetune-epochs) "
                     "and quantize the pruned model")
     ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--macs-reduction", type=float, default=0.45, help="the pruned model's MACs cut (with --pruned)")
+    ap.add_argument("--round-to", type=int, default=1, help="the pruned model keeps multiples of this many channels "
+                    "per layer (benchmarks/round_to.py measures which multiple suits ONNX Runtime)")
     ap.add_argument("--qat-epochs", type=int, default=0, help="also: 4-bit weights, post-training vs this many "
                     "epochs of quantization-aware training (fake-quantized accuracy, and the int8 file's)")
     ap.add_argument("--cnnz", action="store_true", help="also deep-compress the same model (70%% sparse, 6-bit conv, "
@@ -76,7 +79,7 @@ def main() -> None:
         files["NNCF int8"] = nncf
     macs = {name: count_macs(model, shape) for name in files}
     if args.pruned:
-        pruned = prune_fpgm(model, meta, ds, work, args.finetune_epochs)
+        pruned = prune_fpgm(model, meta, ds, work, args.finetune_epochs, args.macs_reduction, args.round_to)
         files["pruned fp32"] = fp32_file(pruned, "pruned")
         files["pruned cnnzip int8"] = quantize_onnx(files["pruned fp32"], work / "pruned.int8.onnx", calibration,
                                                     PostTraining(), workdir=work / "pruned-work").path
@@ -194,20 +197,22 @@ def nncf_ptq(python: str, fp32: Path, work: Path, calibration: list[np.ndarray])
     return out
 
 
-def prune_fpgm(model, meta, ds, work: Path, epochs: int):
-    """FPGM channel pruning to 45% fewer MACs, fine-tuned `epochs` on the training images (cnnzip prune's way)."""
+def prune_fpgm(model, meta, ds, work: Path, epochs: int, macs_reduction: float, round_to: int):
+    """FPGM channel pruning to `macs_reduction` fewer MACs, widths multiples of `round_to`, fine-tuned `epochs` on
+    the training images (cnnzip prune's way)."""
     from cnnzip.finetune import Finetuner
     from cnnzip.io import save_model
     from cnnzip.prune import ChannelPruning, prune_to_macs
     from cnnzip.train import TrainConfig
 
-    path = work / f"pruned-fpgm45-ft{epochs}.pt"
+    path = work / f"pruned-fpgm{macs_reduction * 100:.0f}-r{round_to}-ft{epochs}.pt"
     if path.exists():
         return load_model(path)[0]
-    result = prune_to_macs(model, ChannelPruning(method="fpgm"), torch.zeros(1, *meta.input_shape), 0.45)
+    result = prune_to_macs(model, ChannelPruning(method="fpgm", round_to=round_to), torch.zeros(1, *meta.input_shape),
+                           macs_reduction)
     pruned = result.model
     batches = Loader(ds.train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
-    Finetuner(batches, {"finetune": epochs}, TrainConfig(lr=0.01), run_dir=work / "checkpoints")("finetune", pruned)
+    Finetuner(batches, {"finetune": epochs}, TrainConfig(lr=0.01), run_dir=work / f"checkpoints-{path.stem}")("finetune", pruned)
     save_model(path, pruned.eval(), meta)
     return pruned
 
