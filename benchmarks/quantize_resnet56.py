@@ -212,7 +212,8 @@ def prune_fpgm(model, meta, ds, work: Path, epochs: int, macs_reduction: float, 
                            macs_reduction)
     pruned = result.model
     batches = Loader(ds.train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
-    Finetuner(batches, {"finetune": epochs}, TrainConfig(lr=0.01), run_dir=work / f"checkpoints-{path.stem}")("finetune", pruned)
+    finetune = Finetuner(batches, {"finetune": epochs}, TrainConfig(lr=0.01), run_dir=work / f"checkpoints-{path.stem}")
+    finetune("finetune", pruned)
     save_model(path, pruned.eval(), meta)
     return pruned
 

@@ -196,3 +196,42 @@ def test_search_with_int8_as_the_last_step(tmp_path, digits_model, capsys):
     assert isinstance(loaded, OnnxModel) and result["final_accuracy"] >= result["target"]
     assert main([*args[:-3], "--order", "ns-dc", "--out", str(tmp_path / "t"), "--quiet"]) == 2
     assert "--order ns with --quantize int8" in capsys.readouterr().err
+
+
+def test_search_for_the_fastest_int8_model(tmp_path, digits_model, monkeypatch):
+    """--objective latency-b1: every passing candidate is timed beside the original; the winner is the fastest of
+    them (not the smallest), the times are recorded, and a resumed search replays them without timing again."""
+    model = digits_model(6)
+    out = tmp_path / "fast"
+    args = ["search", str(model), "--order", "ns", "--structured", "l1", "--quantize", "int8", "--drop", "0.02",
+            "--strategy", "grid", "--step", "0.25", "--max-ratio", "0.75", "--calibration-images", "64",
+            "--objective", "latency-b1", "--round-to", "2", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["objective"] == "latency-b1" for r in records)
+    for r in records:
+        assert (r["latency"] is not None and r["latency"] > 0) == r["passed"]
+    fastest = min((r for r in records if r["passed"]), key=lambda r: (r["latency"], r["size"], r["index"]))
+    assert result["best"]["index"] == fastest["index"] and result["best"]["latency"] == fastest["latency"]
+
+    from cnnzip.search import Compressor
+
+    def no_timing(*a, **k):
+        raise AssertionError("a resumed search timed a recorded candidate again")
+
+    monkeypatch.setattr(Compressor, "latency", no_timing)
+    assert main(args) == 0  # the same command resumes the run
+    assert [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()] == records
+    assert json.loads((out / "result.json").read_text())["best"] == result["best"]
+
+
+def test_latency_objective_needs_structured_pruning_alone():
+    from cnnzip.search import Pipeline, SearchConfig
+
+    with pytest.raises(ConfigError, match="--order ns"):
+        SearchConfig(pipeline=Pipeline(order="ns-dc"), drop=0.01, objective="latency-b256")
+    with pytest.raises(ConfigError, match="objective"):
+        SearchConfig(pipeline=Pipeline(order="ns"), drop=0.01, objective="speed")
+    with pytest.raises(ConfigError, match="round_to"):
+        Pipeline(order="ns", round_to=0)

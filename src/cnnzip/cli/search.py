@@ -6,7 +6,7 @@ import json
 
 from ..io import load
 from ..report import Section, size_accuracy_plot
-from ..search import Pipeline, SearchConfig, search
+from ..search import OBJECTIVES, Pipeline, SearchConfig, search
 from .options import (
     Progress,
     add_data_args,
@@ -48,6 +48,11 @@ def add_arguments(s) -> None:
     s.add_argument("--quantize", choices=["int8"], default=None, help="int8 post-training quantization as the last "
                    "step (needs the [onnx] extra): candidates are int8 ONNX files, judged in ONNX Runtime; with "
                    "--order ns")
+    s.add_argument("--objective", choices=list(OBJECTIVES), default="size",
+                   help="what the winner minimises: file size, or ONNX Runtime time at batch 1 or 256 (measured "
+                   "beside the original model for every passing candidate; needs the [onnx] extra and --order ns)")
+    s.add_argument("--round-to", type=int, default=1, metavar="N", help="structured pruning keeps a multiple of N "
+                   "channels per layer: CPU kernels work on blocks of 8 or 16 channels (default 1)")
     s.add_argument("--calibration-images", type=int, default=512, help="training images that calibrate each "
                    "candidate's int8 ranges (with --quantize)")
     s.add_argument("--margin", type=int, default=5, help="the heuristic's margin, in grid steps")
@@ -83,9 +88,9 @@ def run(args) -> int:
     nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images")
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
-                          fc_bits=args.fc_bits, quantize=args.quantize),
+                          fc_bits=args.fc_bits, quantize=args.quantize, round_to=args.round_to),
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
-        margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget)
+        margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget, objective=args.objective)
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)
@@ -113,7 +118,9 @@ def run(args) -> int:
     say("evaluating the winner once on the test split")
     test = job.evaluator(job.data.test, args.batch_size).evaluate(winner).accuracy
     names = dict(zip(config.pipeline.axes, best.ratios, strict=True))
-    print(f"smallest passing: {', '.join(f'{k} ratio {v:.2f}' for k, v in names.items())}: {best.size:,} bytes, "
+    speed = "" if best.latency is None else f", {best.latency:.2f}x the original's ONNX Runtime time"
+    print(f"{'smallest' if best.latency is None else 'fastest'} passing: "
+          f"{', '.join(f'{k} ratio {v:.2f}' for k, v in names.items())}: {best.size:,} bytes{speed}, "
           f"validation accuracy {best.accuracy:.2%}{'' if best.complete else ' (early exit)'}")
     if result.finetuned:
         print(f"after fine-tuning: {result.final_size:,} bytes, validation accuracy {result.final_accuracy:.2%}")
@@ -125,14 +132,19 @@ def run(args) -> int:
                                       ("the winner's size at every margin", "margin_sweep.png"))]
     points = [(t.size, t.accuracy, t.passed) for t in result.trials]
     at = ", ".join(f"{k} {v:.2f}" for k, v in names.items())
+    what = ("smallest file" if best.latency is None
+            else f"fastest model in ONNX Runtime at batch {config.objective.removeprefix('latency-b')}")
+    timed = [] if best.latency is None else ["time / original"]
     write_run_report(args, NAME, [
-        Section("Result", f"The smallest file whose validation accuracy meets {result.target:.2%} (baseline "
-                f"{result.baseline_accuracy:.2%}): {best.size:,} bytes at {at}; test accuracy {test:.2%} (evaluated "
-                "once).",
+        Section("Result", f"The {what} whose validation accuracy meets {result.target:.2%} (baseline "
+                f"{result.baseline_accuracy:.2%}): {best.size:,} bytes{speed} at {at}; test accuracy {test:.2%} "
+                "(evaluated once).",
                 [["accuracy checks", "images evaluated", "seconds"],
                  [int(cost["checks"]), int(cost["images"]), round(cost["seconds"])]]),
-        Section("Every accuracy check", "", [["check", *config.pipeline.axes, "bytes", "accuracy", "meets"]]
-                + [[i + 1, *t.ratios, t.size, f"{t.accuracy:.2%}", t.passed] for i, t in enumerate(result.trials)],
+        Section("Every accuracy check", "", [["check", *config.pipeline.axes, "bytes", *timed, "accuracy", "meets"]]
+                + [[i + 1, *t.ratios, t.size, *([] if not timed else ["-" if t.latency is None else
+                                                                       f"{t.latency:.2f}x"]),
+                    f"{t.accuracy:.2%}", t.passed] for i, t in enumerate(result.trials)],
                 images=[*pictures, ("accuracy against file size",
                                     size_accuracy_plot(points, result.target, "file bytes"))])])
     return 0

@@ -11,13 +11,13 @@ records answer what-if questions exactly (`replay`, `margin_sweep`).
 from .candidates import ORDERS, Candidate, Compressor, Pipeline
 from .plots import plot_margin_sweep, plot_trajectory
 from .replay import RecordedTrials, margin_sweep, replay
-from .run import SearchConfig, SearchResult, resolve_target, search
+from .run import OBJECTIVES, SearchConfig, SearchResult, resolve_target, search
 from .strategies import STRATEGIES, bisect_search, grid_search, margin_search
 from .trials import BudgetExhausted, Trial, Trials
 
 __all__ = [
     "ORDERS", "Candidate", "Compressor", "Pipeline",
-    "SearchConfig", "SearchResult", "resolve_target", "search",
+    "OBJECTIVES", "SearchConfig", "SearchResult", "resolve_target", "search",
     "STRATEGIES", "bisect_search", "grid_search", "margin_search",
     "BudgetExhausted", "Trial", "Trials",
     "RecordedTrials", "margin_sweep", "replay", "plot_margin_sweep", "plot_trajectory",

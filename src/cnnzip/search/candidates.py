@@ -52,6 +52,7 @@ class Pipeline:
     `quantize`: 'int8' makes int8 post-training quantization the last step: a candidate is then the int8 ONNX
     file (its size is that file's, its accuracy ONNX Runtime's). Structured pruning only ('ns'): the int8 file
     stores dense weights, so deep compression's zeros and shared values would not shrink it.
+    `round_to`: structured pruning keeps multiples of this many channels per layer (`ChannelPruning.round_to`).
     """
 
     order: str = "ns-dc"
@@ -60,6 +61,7 @@ class Pipeline:
     fc_bits: int = 5
     skip: tuple[str, ...] = ()
     quantize: str | None = None
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -69,6 +71,8 @@ class Pipeline:
         if self.quantize and "dc" in self.order.split("-"):
             raise ConfigError("an int8 file stores dense weights, so deep compression's zeros and shared values do "
                               "not shrink it: search --order ns with --quantize int8")
+        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
+            raise ConfigError(f"round_to must be an integer >= 1; got {self.round_to!r}")
         object.__setattr__(self, "skip", tuple(self.skip))
 
     @property
@@ -84,6 +88,7 @@ class Candidate:
     size: int  # bytes of the shipped file
     path: Path | None = None
     notes: dict = field(default_factory=dict)
+    onnx: Path | None = None  # the candidate's ONNX file, when it is one (int8)
 
 
 class Compressor:
@@ -150,7 +155,24 @@ class Compressor:
         path = keep_file or self.workdir / "candidate.int8.onnx"
         quantize_onnx(fp32, path, self.calibration, PostTraining())
         stamp_meta(path, self.meta)
-        return Candidate(ratios, OnnxModel(path), path.stat().st_size, path if keep_file else None)
+        return Candidate(ratios, OnnxModel(path), path.stat().st_size, path if keep_file else None, onnx=path)
+
+    def latency(self, candidate: Candidate, batch_size: int, rounds: int = 3) -> float:
+        """The candidate's ONNX Runtime time at `batch_size` as a fraction of the original model's fp32 file,
+        the two timed side by side (rotating rounds, medians): a ratio stays steady while the machine's load
+        drifts, where milliseconds would not."""
+        from ..deploy import compare_onnx_latency, export_onnx
+
+        shape = tuple(self.meta.input_shape)
+        base = self.workdir / "baseline.fp32.onnx"
+        if not base.exists():
+            export_onnx(self.model, base, shape)
+        path = candidate.onnx or export_onnx(candidate.model, self.workdir / "candidate.fp32.onnx", shape)
+        repeats = 10 if batch_size < 64 else 3
+        times = compare_onnx_latency({"base": base, "candidate": path}, shape, (batch_size,), rounds=rounds,
+                                     repeats=repeats)
+        key = f"ort_ms_b{batch_size}"
+        return times["candidate"][key] / times["base"][key]
 
     def _channel_prune(self, model: nn.Module, ratio: float) -> nn.Module:
         if ratio == 0:
@@ -165,5 +187,6 @@ class Compressor:
             trusted = {g.name for g in self._graph.groups}
             graph.groups = [g for g in graph.groups if g.name in trusted]
             graph.excluded = dict(self._graph.excluded)
-        config = ChannelPruning(method=self.pipeline.structured, ratio=ratio, skip=self.pipeline.skip)
+        config = ChannelPruning(method=self.pipeline.structured, ratio=ratio, skip=self.pipeline.skip,
+                                round_to=self.pipeline.round_to)
         return apply_plan(graph, plan_channels(graph, config)).model

@@ -25,7 +25,9 @@ from .replay import margin_sweep
 from .strategies import STRATEGIES
 from .trials import Trial, Trials
 
-__all__ = ["SearchConfig", "SearchResult", "search", "resolve_target"]
+__all__ = ["SearchConfig", "SearchResult", "search", "resolve_target", "OBJECTIVES"]
+
+OBJECTIVES = ("size", "latency-b1", "latency-b256")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class SearchConfig:
 
     The target is an absolute accuracy (`target=0.9`) or a drop from the baseline's validation accuracy
     (`drop=0.01` = one point below). `step` is the grid spacing of every ratio axis, from 0 to `max_ratio`.
+    `objective`: what the winner minimises among the passing candidates: 'size' (file bytes) or 'latency-b1' /
+    'latency-b256' (ONNX Runtime time at that batch size, relative to the original model's fp32 file, measured
+    for every candidate that passes; structured pruning only, as deep compression's zeros run no faster).
     """
 
     pipeline: Pipeline = field(default_factory=Pipeline)
@@ -46,6 +51,7 @@ class SearchConfig:
     early_exit: bool | None = None  # default: on for bisect, off for grid and margin (as the paper)
     max_checks: int | None = None
     time_budget: float | None = None
+    objective: str = "size"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -60,6 +66,11 @@ class SearchConfig:
             raise ConfigError("need 0 < step <= max_ratio < 1")
         if self.margin < 0:
             raise ConfigError("margin must be >= 0")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.objective != "size" and self.pipeline.order != "ns":
+            raise ConfigError("deep compression's zeros and shared values do not make ONNX Runtime faster: a latency "
+                              "objective searches structured pruning alone (--order ns), with or without int8")
 
     @property
     def grid(self) -> list[float]:
@@ -129,10 +140,11 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp", calibration=calibration)
     trials = Trials(compressor, evaluator, target, config.grid, run / "trials.jsonl", strategy=config.strategy,
                     early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget,
-                    say=say)
+                    say=say, objective=config.objective)
     if trials.done:
         say(f"resuming: {len(trials.done)} accuracy checks already recorded in {trials.log}")
-    say(f"searching ({config.strategy}, {config.pipeline.order}) for the smallest file at validation accuracy >= "
+    goal = "smallest file" if config.objective == "size" else f"fastest model at batch {config.objective[9:]}"
+    say(f"searching ({config.strategy}, {config.pipeline.order}) for the {goal} at validation accuracy >= "
         f"{target:.2%} (baseline {baseline:.2%})")
     strategy = STRATEGIES[config.strategy]
     n = len(config.grid)

@@ -35,6 +35,7 @@ class Trial:
     images: int
     size: int
     seconds: float
+    latency: float | None = None  # with a latency objective: ONNX Runtime time / the original's (passing only)
 
 
 class Trials:
@@ -42,14 +43,16 @@ class Trials:
 
     def __init__(self, compressor: Compressor, evaluator: Evaluator, target: float, grid: list[float],
                  log: str | Path, *, strategy: str, early_exit: bool, max_checks: int | None = None,
-                 time_budget: float | None = None, say: Callable[[str], None] | None = None) -> None:
+                 time_budget: float | None = None, say: Callable[[str], None] | None = None,
+                 objective: str = "size") -> None:
         self.compressor, self.evaluator, self.target, self.grid = compressor, evaluator, target, grid
         self.say = say or (lambda text: None)
         self.strategy, self.early_exit = strategy, early_exit
         self.max_checks, self.time_budget = max_checks, time_budget
         self.log = Path(log)
+        self.objective = objective
         self._key = {"strategy": strategy, "order": compressor.pipeline.order, "target": target,
-                     "early_exit": early_exit}
+                     "early_exit": early_exit} | ({} if objective == "size" else {"objective": objective})
         self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
         self.asked: dict[tuple[int, ...], Trial] = {}  # asked for by this run's strategy, replayed or computed
         self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
@@ -70,7 +73,7 @@ class Trials:
                 else:
                     t = Trial(index=tuple(rec["index"]), ratios=tuple(rec["ratios"]), passed=rec["passed"],
                               accuracy=rec["accuracy"], complete=rec["complete"], images=rec["images"],
-                              size=rec["size"], seconds=rec["seconds"])
+                              size=rec["size"], seconds=rec["seconds"], latency=rec.get("latency"))
                     self.done[t.index] = t
 
     @property
@@ -116,14 +119,19 @@ class Trials:
             r = self.evaluator.check(candidate.model, self.target)
         else:
             r = self.evaluator.evaluate(candidate.model)
-        trial = Trial(index=index, ratios=self.ratios(index), passed=r.accuracy >= self.target if r.complete
-                      else bool(r.passed), accuracy=r.accuracy, complete=r.complete, images=r.evaluated,
-                      size=candidate.size, seconds=time.perf_counter() - started)
+        passed = r.accuracy >= self.target if r.complete else bool(r.passed)
+        latency = None
+        if passed and self.objective != "size":  # only a passing candidate can win: time only those
+            latency = self.compressor.latency(candidate, int(self.objective.removeprefix("latency-b")))
+        trial = Trial(index=index, ratios=self.ratios(index), passed=passed, accuracy=r.accuracy,
+                      complete=r.complete, images=r.evaluated, size=candidate.size,
+                      seconds=time.perf_counter() - started, latency=latency)
         self.done[index] = self.asked[index] = trial
         self.new_checks += 1
         self._append(trial)
         ratios = ", ".join(f"{a} {r:.2f}" for a, r in zip(self.axes, trial.ratios, strict=True))
-        self.say(f"check {len(self.done)}: {ratios}: {trial.size:,} bytes, accuracy {trial.accuracy:.2%}"
+        speed = "" if latency is None else f", {latency:.2f}x the original's time"
+        self.say(f"check {len(self.done)}: {ratios}: {trial.size:,} bytes{speed}, accuracy {trial.accuracy:.2%}"
                  f"{'' if trial.complete else ' (early exit)'}: {'meets' if trial.passed else 'misses'} the target")
         return trial
 
@@ -144,7 +152,10 @@ class Trials:
                 "seconds": sum(t.seconds for t in self.done.values()) + sum(sec for _, sec in self.sizes.values())}
 
     def best(self) -> Trial | None:
-        """The smallest passing trial the strategy has asked for so far. Only those: a resumed run's records may
-        hold trials this point of the strategy has not reached, and bounds taken from them would change its path."""
+        """The smallest (or fastest, with a latency objective) passing trial the strategy has asked for so far.
+        Only those: a resumed run's records may hold trials this point of the strategy has not reached, and bounds
+        taken from them would change its path."""
         passing = [t for t in self.asked.values() if t.passed]
+        if self.objective != "size":
+            return min(passing, key=lambda t: (t.latency, t.size, t.index)) if passing else None
         return min(passing, key=lambda t: (t.size, t.index)) if passing else None
