@@ -185,7 +185,64 @@ class ChannelFlip(nn.Module):
         return self.fc(self.b(y).mean((2, 3)))
 
 
+class BatchNormAct(nn.BatchNorm2d):
+    """As timm's BatchNormAct2d: a BatchNorm subclass, under its own class name, with the activation inside."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class NormActNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), BatchNormAct(8)
+        self.c2, self.n2 = nn.Conv2d(8, 16, 3, padding=1, bias=False), BatchNormAct(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.fc(self.n2(self.c2(self.n1(self.c1(x)))).mean((2, 3)))
+
+
+class ResNeXtBlock(nn.Module):
+    """1x1 reduce, grouped 3x3 (4 groups, not depthwise), 1x1 expand, with a residual addition."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.reduce = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(16),
+                                     nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.relu(y + self.expand(self.grouped(self.reduce(y))))
+        return self.fc(y.mean((2, 3)))
+
+
+class Upsampling(nn.Module):
+    """A transposed convolution (as in decoders and learned upsampling) between two plain ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose2d(12, 10, 2, stride=2), nn.BatchNorm2d(10), nn.ReLU())
+        self.head = nn.Conv2d(10, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.head(self.up(self.down(x)))).mean((2, 3)))
+
+
 @pytest.mark.parametrize("cls, must_prune", [
+    (Upsampling, {"down.0", "up.0", "head"}),
+    (ResNeXtBlock, {"reduce.0", "grouped.0"}),
+    (NormActNet, {"c1", "n1", "c2", "n2"}),
     (Concat, {"a.0", "b.0", "merge"}),
     (DepthwiseSeparable, {"stem.0", "pw.0"}),
     (SEBlock, {"conv.0", "fc1", "out"}),
@@ -205,6 +262,91 @@ def test_hand_written_models(cls, must_prune):
         x = torch.randn(3, 3, 32, 32)
         masked = graph.masked_copy(result.removed)
         assert torch.allclose(result.model(x), masked(x), atol=1e-5)
+
+
+class Scale(nn.Module):
+    """A layer of the user's own: a learned scale and shift per channel, in one (channels, 2) parameter."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.ab = nn.Parameter(torch.rand(channels, 2) + 0.5)
+
+    def forward(self, x):
+        return x * self.ab[:, 0].view(1, -1, 1, 1) + self.ab[:, 1].view(1, -1, 1, 1)
+
+
+class ScaleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.s1 = nn.Conv2d(3, 8, 3, padding=1), Scale(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.c2(torch.relu(self.s1(self.c1(x)))).mean((2, 3)))
+
+
+def test_a_registered_custom_layer_is_pruned_and_verified():
+    import torch_pruning as tp
+
+    from cnnzip.prune import layers, register_layer
+
+    class ScalePruner(tp.pruner.function.BasePruningFunc):
+        def prune_out_channels(self, layer, idxs):
+            keep = [i for i in range(len(layer.ab)) if i not in set(idxs)]
+            layer.ab = nn.Parameter(layer.ab.data[keep])
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer):
+            return len(layer.ab)
+
+        get_in_channels = get_out_channels
+
+    torch.manual_seed(0)
+    model = ScaleNet().eval()
+    before = analyze(model, X)  # unknown to cnnzip: its channels are left alone, and the reason says what to do
+    assert "c1" not in {g.name for g in before.groups}
+    assert "register_layer" in before.excluded["c1"], before.excluded
+    register_layer(Scale, zero=lambda m, kind, idxs: m.ab.data.index_fill_(0, torch.tensor(idxs), 0),
+                   pruner=ScalePruner())
+    try:
+        result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5, scope="layer"), X)
+        assert result.model.s1.ab.shape == (4, 2) and result.model.c2.in_channels == 4
+        assert result.max_error <= 1e-9
+    finally:
+        layers._USER.pop(Scale)
+    with pytest.raises(ConfigError, match="nn.Module class"):
+        register_layer(int, zero=lambda *a: None)
+
+
+def test_verification_lets_interrupts_and_time_limits_through(monkeypatch):
+    """A time limit raised inside a surgery must reach the caller, not mark the group as failed."""
+    from cnnzip.prune import graph as graph_module
+
+    model = _randomise_bn(create_model("resnet20", width=0.25))
+    for error in (TimeoutError, KeyboardInterrupt):
+        def stop(*a, error=error, **k):
+            raise error("time is up")
+
+        monkeypatch.setattr(graph_module, "check_equivalent", stop)
+        with pytest.raises(error):
+            analyze(model, X)
+
+
+def test_grouped_convolutions_lose_the_same_positions_in_every_group():
+    model = _randomise_bn(ResNeXtBlock())
+    graph = analyze(model, X)
+    assert {g.name: g.blocks for g in graph.groups if g.name in ("reduce.0", "grouped.0")} == {
+        "reduce.0": 4, "grouped.0": 4}
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5, scope="layer", round_to=8), X,
+                            graph=graph)
+    conv = result.model.grouped[0]
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (8, 8, 4)
+    removed = result.removed["reduce.0"]
+    assert len(removed) == 8 and {i % 4 for i in removed} == {i % 4 for i in removed[:2]}  # same positions
+    assert result.max_error <= 1e-9
 
 
 def test_flatten_linear_shrinks_by_whole_spatial_blocks():

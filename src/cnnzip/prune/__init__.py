@@ -7,11 +7,13 @@
 from .channels import ChannelPruning, PruneResult, apply_plan, plan_channels, prune_channels, prune_to_macs
 from .graph import ChannelGraph, ChannelGroup, analyze, check_equivalent
 from .importance import IMPORTANCE, bn_scale, fpgm, l1_norm, l2_norm, random_scores
+from .layers import register_layer
 from .slimming import SparsityHook, bn_scales
 
 __all__ = [
     "ChannelPruning", "PruneResult", "apply_plan", "plan_channels", "prune_channels", "prune_to_macs",
     "ChannelGraph", "ChannelGroup", "analyze", "check_equivalent",
+    "register_layer",
     "IMPORTANCE", "bn_scale", "fpgm", "l1_norm", "l2_norm", "random_scores",
     "SparsityHook", "bn_scales",
 ]

@@ -17,6 +17,7 @@ from ..errors import ConfigError, ModelError, layer_patterns
 from ..measure import count_macs
 from .graph import ChannelGraph, analyze, attempt, find_failing, probe_input
 from .importance import IMPORTANCE, get_importance, random_scores
+from .layers import SURGERY_ERRORS
 
 __all__ = ["ChannelPruning", "PruneResult", "apply_plan", "plan_channels", "prune_channels", "prune_to_macs"]
 
@@ -97,46 +98,51 @@ class PruneResult:
 
 
 def plan_channels(graph: ChannelGraph, config: ChannelPruning) -> dict[str, list[int]]:
-    """Which channels of each prunable group to remove (root name -> sorted indices)."""
-    scores: dict[str, torch.Tensor] = {}
-    plan = _plan(graph, config, scores)
-    if config.round_to == 1:
-        return plan
-    rounded = {}
-    for g in graph.groups:
-        removed = len(plan.get(g.name, ()))
-        if g.name not in scores or removed == 0:
-            continue
-        keep = min(g.size, -(-(g.size - removed) // config.round_to) * config.round_to)
-        rounded[g.name] = sorted(torch.argsort(scores[g.name], stable=True)[:g.size - keep].tolist())
-    return rounded
+    """Which channels of each prunable group to remove (root name -> sorted indices).
 
-
-def _plan(graph: ChannelGraph, config: ChannelPruning, scores: dict[str, torch.Tensor]) -> dict[str, list[int]]:
-    """`plan_channels` before rounding; fills `scores` (group name -> channel importance)."""
+    A group read or written by a grouped convolution (`ChannelGroup.blocks` > 1) loses the same positions in
+    every block of channels, as the grouping requires; a position's importance is its channels' mean.
+    """
     if config.ratio is None and config.threshold is None and config.widths is None:
         raise ConfigError("say how much to prune: a ratio, a threshold or widths")
     importance = get_importance(config.method)
     generator = torch.Generator().manual_seed(config.seed)
-    for group in graph.groups:
-        s = random_scores(graph, group, generator) if importance is random_scores else importance(graph, group)
+    scores: dict[str, torch.Tensor] = {}  # per position: channel scores averaged over the group's blocks
+    for g in graph.groups:
+        s = random_scores(graph, g, generator) if importance is random_scores else importance(graph, g)
         if s is not None:
-            scores[group.name] = s
+            scores[g.name] = s.reshape(g.blocks, -1).mean(0)
     groups = [g for g in graph.groups if g.name in scores]
-    keep_min = {g.name: min(config.min_channels, g.size) for g in groups}
+    removed = _plan(graph, groups, scores, config)  # positions
+    plan = {}
+    for g in groups:
+        units = g.size // g.blocks
+        n = len(removed.get(g.name, ()))
+        if config.round_to > 1 and n:  # keep a multiple of round_to channels (and of the blocks), rounded up
+            step = math.lcm(config.round_to, g.blocks)
+            n = units - min(units, -(-(g.size - n * g.blocks) // step) * step // g.blocks)
+        order = torch.argsort(scores[g.name], stable=True)[:n].tolist()
+        plan[g.name] = sorted(b * units + p for b in range(g.blocks) for p in order)
+    return plan
+
+
+def _plan(graph: ChannelGraph, groups: list, scores: dict[str, torch.Tensor], config: ChannelPruning) -> dict:
+    """Positions (channels, or channel positions of every block) to remove, before rounding."""
+    units = {g.name: g.size // g.blocks for g in groups}
+    keep_min = {g.name: min(-(-config.min_channels // g.blocks), units[g.name]) for g in groups}
 
     if config.widths is not None:
-        return {g.name: sorted(torch.argsort(scores[g.name], stable=True)[:g.size - keep].tolist())
+        return {g.name: torch.argsort(scores[g.name], stable=True)[:units[g.name] - -(-keep // g.blocks)].tolist()
                 for g, keep in _named_widths(graph, groups, config.widths).items()}
 
     if config.resolved_scope == "layer":
         plan = {}
         for g in groups:
-            n = min(int(math.floor(config.ratio * g.size)), g.size - keep_min[g.name])
-            plan[g.name] = sorted(torch.argsort(scores[g.name], stable=True)[:n].tolist())
+            n = min(int(math.floor(config.ratio * units[g.name])), units[g.name] - keep_min[g.name])
+            plan[g.name] = torch.argsort(scores[g.name], stable=True)[:n].tolist()
         return plan
 
-    # Global: rank every channel together; each group's best `keep_min` channels are never candidates.
+    # Global: rank every position together; each group's best `keep_min` positions are never candidates.
     normalise = config.method not in ("slimming", "bn") and config.threshold is None
     candidates: list[tuple[float, str, int]] = []
     for g in groups:
@@ -144,18 +150,23 @@ def _plan(graph: ChannelGraph, config: ChannelPruning, scores: dict[str, torch.T
         if normalise:
             s = s / (s.mean() + 1e-12)
         order = torch.argsort(s, stable=True).tolist()
-        for i in order[: g.size - keep_min[g.name]]:
+        for i in order[: units[g.name] - keep_min[g.name]]:
             candidates.append((float(s[i]), g.name, i))
     candidates.sort(key=lambda c: c[0])
     if config.threshold is not None:
         chosen = [c for c in candidates if c[0] < config.threshold]
     else:
-        total = sum(g.size for g in groups)
-        chosen = candidates[: min(int(round(config.ratio * total)), len(candidates))]
-    plan = {g.name: [] for g in groups}
+        blocks = {g.name: g.blocks for g in groups}
+        budget, chosen = int(round(config.ratio * sum(g.size for g in groups))), []
+        for c in candidates:  # a position of a blocked group removes a channel from every block
+            if budget < blocks[c[1]]:
+                continue
+            chosen.append(c)
+            budget -= blocks[c[1]]
+    plan: dict[str, list[int]] = {g.name: [] for g in groups}
     for _, name, i in chosen:
         plan[name].append(i)
-    return {k: sorted(v) for k, v in plan.items()}
+    return plan
 
 
 def prune_channels(
@@ -246,7 +257,7 @@ def prune_to_macs(
             reduction = 1 - count_macs(graph.pruned_copy(plan_at(mid)), shape) / base
         except ConfigError:
             raise
-        except Exception:  # noqa: BLE001 - a surgery that fails here is not a usable ratio; prune less
+        except SURGERY_ERRORS:  # a surgery that fails here is not a usable ratio; prune less
             reduction = -1.0
         if reduction >= macs_reduction:
             hi, found = mid, (mid, reduction)

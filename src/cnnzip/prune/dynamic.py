@@ -103,7 +103,7 @@ def _residual_groups(graph: ChannelGraph) -> set[str]:
     """Groups whose channels several layers write (a residual addition joins them)."""
     out = set()
     for g in graph.groups:
-        writers = [m for m in g.members if m.kind == "out" and m.layer in ("Conv2d", "Conv1d", "Linear")]
+        writers = [m for m in g.members if m.kind == "out" and m.role in ("conv", "linear")]
         if len(writers) > 1:
             out.add(g.name)
     return out

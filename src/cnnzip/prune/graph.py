@@ -12,6 +12,7 @@ untouched. Every actual pruning is verified again in full (`channels.prune_chann
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError, layer_patterns
+from .layers import SURGERY_ERRORS, cannot_zero, custom_pruners, rule_for
 
 __all__ = ["ChannelGroup", "ChannelGraph", "Member", "Surgery", "analyze", "attempt", "check_equivalent", "find_failing",
            "probe_input", "TOLERANCE"]
@@ -43,6 +45,7 @@ class Member:
     name: str
     kind: str
     layer: str  # the layer's class name, e.g. Conv2d
+    role: str = "other"  # what it is: conv, linear, norm, or other (by isinstance, so subclasses count)
 
     def __str__(self) -> str:
         return f"{self.name}[{self.kind}]"
@@ -55,6 +58,7 @@ class ChannelGroup:
     name: str
     size: int
     members: tuple[Member, ...]
+    blocks: int = 1  # a grouped convolution's groups: the same positions go from each block of size // blocks
 
     def layer_names(self) -> list[str]:
         return [m.name for m in self.members]
@@ -106,7 +110,8 @@ class ChannelGraph:
         import torch_pruning as tp
 
         pruned = copy.deepcopy(self.model).eval()
-        dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=self.example_input.clone())
+        dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=self.example_input.clone(),
+                                                   customized_pruners=custom_pruners() or None)
         modules = dict(pruned.named_modules())
         for name, idxs in plan.items():
             if len(idxs) == 0:
@@ -127,7 +132,9 @@ class ChannelGraph:
                 if len(idxs) == 0:
                     continue
                 for layer, _module, kind, mapped in self.items(name, idxs):
-                    _zero(modules[layer], kind, mapped, layer)
+                    rule = rule_for(modules[layer])
+                    if rule is not None:  # others have no channel parameters (activations, pooling)
+                        rule.zero(modules[layer], kind, mapped)
         return masked
 
 
@@ -158,15 +165,17 @@ def analyze(
     try:
         with torch.no_grad():
             output_layers = _output_layers(model, example_input)
-        dg.build_dependency(model, example_inputs=example_input.clone())
+        dg.build_dependency(model, example_inputs=example_input.clone(), customized_pruners=custom_pruners() or None)
     finally:
         op_owner.remove()
         model.train(model_was_training)
     names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
 
     graph = ChannelGraph(model=model, example_input=example_input.clone(), groups=[], _dg=dg, _names=names)
     suspicious: dict[str, str] = {}
-    for group in dg.get_all_groups(root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
+    roots = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
+    for group in dg.get_all_groups(root_module_types=roots):
         root_dep, root_idxs = group[0]
         root = root_dep.target.module
         name = names.get(root)
@@ -177,12 +186,14 @@ def analyze(
             target = dep.target.module
             if isinstance(target, nn.Module) and target in names and any(True for _ in target.parameters(False)):
                 kind = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
-                members.append(Member(names[target], kind, type(target).__name__))
+                members.append(Member(names[target], kind, type(target).__name__, _role(target)))
             elif isinstance(target, tp.ops._ElementWiseOp):
                 grad_fn = getattr(dg.module2node.get(target), "grad_fn", None)
                 if not _channelwise(grad_fn):
                     owner = op_owner.owners.get(grad_fn, "an operation outside any module")
-                    odd_ops.append(f"{_op_name(grad_fn)} in {owner}")
+                    hint = (": a layer cnnzip does not know; declare it with cnnzip.prune.register_layer"
+                            if op_owner.unknown_layer(owner) else "")
+                    odd_ops.append(f"{_op_name(grad_fn)} in {owner}{hint}")
         size = len(root_idxs)
         members_t = tuple(dict.fromkeys(members))
         if any(m.name in output_layers and m.kind == "out" for m in members_t):
@@ -194,51 +205,43 @@ def analyze(
         if size < 2:
             graph.excluded[name] = "a single channel: nothing can be removed"
             continue
-        if any(m.kind == "out" and m.layer not in _ZEROABLE for m in members_t):
-            odd = [str(m) for m in members_t if m.kind == "out" and m.layer not in _ZEROABLE]
+        odd = [f"{m} ({why})" for m in members_t if m.kind == "out" and (why := cannot_zero(modules[m.name]))]
+        if odd:
             graph.excluded[name] = f"layers whose channels cannot be verified: {', '.join(odd)}"
             continue
+        blocks = 1
+        for m in members_t:
+            module = modules[m.name]
+            if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups and not (
+                    module.groups == module.in_channels == module.out_channels):  # grouped, not depthwise
+                blocks = math.lcm(blocks, module.groups)
+        if size % blocks:
+            graph.excluded[name] = (f"read or written by a grouped convolution ({blocks} groups) whose groups do "
+                                    f"not divide these {size} channels evenly")
+            continue
+        if size // blocks < 2:
+            graph.excluded[name] = (f"a grouped convolution ({blocks} groups) with one channel per group: removing "
+                                    "one would remove them all")
+            continue
         graph._roots[name] = (root, root_dep.handler)
-        graph.groups.append(ChannelGroup(name=name, size=size, members=members_t))
+        graph.groups.append(ChannelGroup(name=name, size=size, members=members_t, blocks=blocks))
         if odd_ops:
-            suspicious[name] = "coupled through operations Torch-Pruning may not map right: " + ", ".join(odd_ops)
+            suspicious[name] = ("coupled through operations Torch-Pruning may not map right: "
+                                + ", ".join(dict.fromkeys(odd_ops)))
 
     if verify and graph.groups:
         _verify_groups(graph, suspicious)
     return graph
 
 
-# Layers whose channel removal is checked by zeroing: the channel's weights (and BN's scale and shift).
-_ZEROABLE = {"Conv1d", "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d"}
-
-
-def _zero(module: nn.Module, kind: str, idxs: list[int], name: str) -> None:
-    idx = torch.as_tensor(idxs, dtype=torch.long)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if not module.affine:
-            raise ModelError(f"{name}: a BatchNorm without affine parameters cannot be verified by zeroing")
-        module.weight[idx] = 0
-        module.bias[idx] = 0
-    elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        if kind == "out" or (module.groups == module.in_channels == module.out_channels):
-            module.weight[idx] = 0
-            if module.bias is not None:
-                module.bias[idx] = 0
-        elif module.groups == 1:
-            module.weight[:, idx] = 0
-        else:  # grouped conv: input channel i is column i % per_group of the outputs of group i // per_group
-            per_in, per_out = module.in_channels // module.groups, module.out_channels // module.groups
-            for i in idxs:
-                g = i // per_in
-                module.weight[g * per_out:(g + 1) * per_out, i % per_in] = 0
-    elif isinstance(module, nn.Linear):
-        if kind == "out":
-            module.weight[idx] = 0
-            if module.bias is not None:
-                module.bias[idx] = 0
-        else:
-            module.weight[:, idx] = 0
-    # Other members have no channel parameters to zero (activations, pooling): nothing to do.
+def _role(module: nn.Module) -> str:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+        return "norm"
+    return "other"
 
 
 def check_equivalent(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float | None:
@@ -252,7 +255,7 @@ def check_equivalent(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float | Non
         ya = copy.deepcopy(a).cpu().double().eval()(x)
         try:
             yb = copy.deepcopy(b).cpu().double().eval()(x)
-        except Exception:  # noqa: BLE001 - a broken surgery can fail in any way; the caller reports it
+        except SURGERY_ERRORS:  # a broken surgery can fail in many ways; the caller reports it
             return None
     if not isinstance(ya, torch.Tensor) or not isinstance(yb, torch.Tensor) or ya.shape != yb.shape:
         return None
@@ -283,7 +286,7 @@ def attempt(graph: ChannelGraph, plan: dict[str, Sequence[int]], x: torch.Tensor
         masked = graph.masked_copy(plan)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - Torch-Pruning can fail in any way on channels it maps wrong
+    except SURGERY_ERRORS as exc:  # Torch-Pruning can fail in many ways on channels it maps wrong
         return Surgery(None, None, f"surgery failed ({type(exc).__name__}: {str(exc)[:120]})")
     err = check_equivalent(masked, pruned, x)
     if err is None:
@@ -299,7 +302,7 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     failed: dict[str, str] = {}
 
     def trial(names: list[str]) -> str | None:
-        return attempt(graph, {n: _probe_channels(graph.group(n).size) for n in names}, x).problem
+        return attempt(graph, {n: _probe_channels(graph.group(n)) for n in names}, x).problem
 
     failed.update(find_failing(trusted, trial))
     for name in suspicious:
@@ -343,8 +346,11 @@ def find_failing(names: Sequence[str], trial: Callable[[list[str]], str | None])
     return failed
 
 
-def _probe_channels(size: int) -> list[int]:
-    return sorted({0, size // 2}) if size > 2 else [0]
+def _probe_channels(group: ChannelGroup) -> list[int]:
+    """Two positions (one if there are two), in every block."""
+    units = group.size // group.blocks
+    positions = sorted({0, units // 2}) if units > 2 else [0]
+    return [b * units + p for b in range(group.blocks) for p in positions]
 
 
 def probe_input(example: torch.Tensor) -> torch.Tensor:
@@ -382,7 +388,7 @@ def _output_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
         return hook
 
     handles = [m.register_forward_hook(remember(n))
-               for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+               for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     try:
         y = model(x)
     finally:
@@ -393,17 +399,36 @@ def _output_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
 
 
 class _record_op_owners:
-    """Forward hooks that remember which module produced each autograd node, to name layers in reports."""
+    """Forward hooks that remember which module ran each autograd node (the innermost one), to name layers in
+    reports: every node between a module's inputs and its output is its own."""
 
     def __init__(self, model: nn.Module) -> None:
         self.owners: dict[object, str] = {}
+        self.modules: dict[str, nn.Module] = {}
         self.handles = [m.register_forward_hook(self._hook(n)) for n, m in model.named_modules() if n]
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.grad_fn is not None:
-                self.owners.setdefault(output.grad_fn, f"{name} ({type(module).__name__})")
+            if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+                return
+            label = f"{name} ({type(module).__name__})"
+            self.modules[label] = module
+            stop = {t.grad_fn for t in inputs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+            stack, seen = [output.grad_fn], set()
+            while stack:
+                fn = stack.pop()
+                if fn is None or fn in stop or fn in seen:
+                    continue
+                seen.add(fn)
+                self.owners.setdefault(fn, label)  # inner modules' hooks run first: the innermost owner wins
+                stack.extend(f for f, _ in fn.next_functions)
         return hook
+
+    def unknown_layer(self, label: str) -> bool:
+        """Whether the module behind `label` has parameters of its own that no rule knows how to cut."""
+        module = self.modules.get(label)
+        return (module is not None and rule_for(module) is None
+                and any(True for _ in module.parameters(recurse=False)))
 
     def remove(self) -> None:
         for h in self.handles:

@@ -38,9 +38,19 @@ def bn_scale(graph: ChannelGraph, group: ChannelGroup) -> torch.Tensor | None:
     return torch.stack(scores).mean(0).float() if scores else None
 
 
+def _out_filters(module: nn.Module) -> torch.Tensor:
+    """One row per output channel of a conv or linear layer: the weights that write it."""
+    w = module.weight.detach()
+    if not isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return w.flatten(1)
+    per_in, per_out = module.in_channels // module.groups, module.out_channels // module.groups  # w: (in, out/g)
+    return torch.stack([w[o // per_out * per_in:(o // per_out + 1) * per_in, o % per_out].flatten()
+                        for o in range(module.out_channels)])
+
+
 def _filters(graph: ChannelGraph, group: ChannelGroup) -> torch.Tensor:
     """One row per channel: the weights of every conv/linear that writes it, concatenated."""
-    rows = [m.weight.detach()[idx].flatten(1) for m, idx in _producers(graph, group, (nn.Conv2d, nn.Conv1d, nn.Linear))]
+    rows = [_out_filters(m)[idx] for m, idx in _producers(graph, group, (nn.modules.conv._ConvNd, nn.Linear))]
     if not rows:
         raise ConfigError(f"no conv or linear layer writes the channels of {group.name}")
     return torch.cat(rows, dim=1).float()
