@@ -2,6 +2,7 @@
 
     python benchmarks/quantize_resnet56.py                 # cnnzip, ONNX Runtime directly, NNCF (if set up)
     python benchmarks/quantize_resnet56.py --pruned         # also: FPGM-pruned ResNet-56 (45% fewer MACs) + int8
+    python benchmarks/quantize_resnet56.py --pruned --macs-reduction 0.4 --round-to 1,16 --finetune-epochs 2
 
 Everything runs on the same model, the same 512 calibration images (training images, seed 0) and the same
 evaluation halves of the CIFAR-10 JPEG test split (stratified, seed 0): decisions and "val" on one half, "test"
@@ -40,12 +41,12 @@ def main() -> None:
     ap.add_argument("--calibration-images", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pruned", action="store_true", help="also prune (FPGM, 45%% fewer MACs, --finetune-epochs) "
+    ap.add_argument("--pruned", action="store_true", help="also prune (FPGM, --macs-reduction, --finetune-epochs) "
                     "and quantize the pruned model")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--macs-reduction", type=float, default=0.45, help="the pruned model's MACs cut (with --pruned)")
-    ap.add_argument("--round-to", type=int, default=1, help="the pruned model keeps multiples of this many channels "
-                    "per layer (benchmarks/round_to.py measures which multiple suits ONNX Runtime)")
+    ap.add_argument("--round-to", default="1", help="comma-separated: one pruned model per multiple, each keeping "
+                    "multiples of that many channels per layer (benchmarks/round_to.py measures which suits ORT)")
     ap.add_argument("--qat-epochs", type=int, default=0, help="also: 4-bit weights, post-training vs this many "
                     "epochs of quantization-aware training (fake-quantized accuracy, and the int8 file's)")
     ap.add_argument("--cnnz", action="store_true", help="also deep-compress the same model (70%% sparse, 6-bit conv, "
@@ -78,12 +79,14 @@ def main() -> None:
     if isinstance(nncf, Path):
         files["NNCF int8"] = nncf
     macs = {name: count_macs(model, shape) for name in files}
-    if args.pruned:
-        pruned = prune_fpgm(model, meta, ds, work, args.finetune_epochs, args.macs_reduction, args.round_to)
-        files["pruned fp32"] = fp32_file(pruned, "pruned")
-        files["pruned cnnzip int8"] = quantize_onnx(files["pruned fp32"], work / "pruned.int8.onnx", calibration,
-                                                    PostTraining(), workdir=work / "pruned-work").path
-        macs.update({"pruned fp32": count_macs(pruned, shape), "pruned cnnzip int8": count_macs(pruned, shape)})
+    for multiple in ([int(m) for m in args.round_to.split(",")] if args.pruned else []):
+        pruned = prune_fpgm(model, meta, ds, work, args.finetune_epochs, args.macs_reduction, multiple)
+        tag = f"pruned-m{args.macs_reduction * 100:.0f}-r{multiple}-ft{args.finetune_epochs}"
+        fp32, int8 = f"pruned fp32, round_to {multiple}", f"pruned + cnnzip int8, round_to {multiple}"
+        files[fp32] = fp32_file(pruned, tag)
+        files[int8] = quantize_onnx(files[fp32], work / f"{tag}.int8.onnx", calibration, PostTraining(),
+                                    workdir=work / f"{tag}-work").path
+        macs.update({fp32: count_macs(pruned, shape), int8: count_macs(pruned, shape)})
 
     rows = {}
     reference = OnnxModel(files["fp32"])

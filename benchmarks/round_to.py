@@ -1,7 +1,7 @@
 """Which channel multiple suits ONNX Runtime's kernels on this CPU: ResNet-56 pruned to the same MACs with
-`round_to` 1, 4, 8, 16 and 32, timed in fp32 and int8 side by side.
+`round_to` 1, 4, 8, 16 and 32, timed in fp32 and int8 side by side. Writes results/round_to_<arch>_m<percent>.json.
 
-    python benchmarks/round_to.py [--arch resnet56] [--macs-reduction 0.45] [--rounds 5] [--threads 2]
+    python benchmarks/round_to.py [--arch resnet56] [--macs-reduction 0.4] [--rounds 5] [--threads 2]
 
 Speed only: the ../shared weights, pruned by L1 norm (`prune_to_macs`, the blocks' inner channels; the option-A
 shortcut keeps the residual stream whole) with no fine-tuning, so no accuracy is reported. int8 files are
@@ -22,7 +22,7 @@ WEIGHTS = {"resnet20": RESNET20, "resnet56": RESNET56}
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", choices=sorted(WEIGHTS), default="resnet56")
-    ap.add_argument("--macs-reduction", type=float, default=0.45)
+    ap.add_argument("--macs-reduction", type=float, default=0.4)
     ap.add_argument("--multiples", default="1,4,8,16,32")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=10)
@@ -83,7 +83,7 @@ def main() -> None:
                          **{f"speedup_vs_fp32_b{b}": times["unpruned fp32"][f"ort_ms_b{b}"] / t[f"ort_ms_b{b}"]
                             for b in (1, 256)}}
     print(table(rows))
-    save(f"round_to_{args.arch}", {"arch": args.arch, "macs_reduction": args.macs_reduction,
+    save(f"round_to_{args.arch}_m{round(args.macs_reduction * 100)}", {"arch": args.arch, "macs_reduction": args.macs_reduction,
                                    "rounds": args.rounds, "repeats": args.repeats, "threads": args.threads,
                                    "weights": str(WEIGHTS[args.arch].name), "rows": rows,
                                    "unreachable": unreachable})

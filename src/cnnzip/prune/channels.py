@@ -209,7 +209,7 @@ def apply_plan(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
     and listed in `excluded`, and a plan that cannot be verified at all is an error, never a broken model.
     """
     plan = {k: sorted(int(i) for i in v) for k, v in plan.items() if len(v)}
-    x = probe_input(graph.example_input)
+    x = graph.probe if graph.probe is not None else probe_input(graph.example_input)
     excluded = dict(graph.excluded)
     surgery = attempt(graph, plan, x)
     if not surgery.exact:
