@@ -187,19 +187,17 @@ def analyze(
     try:
         with torch.no_grad():
             output_layers, output_shape = _output_layers(model, example_input)
-        dg.build_dependency(model, example_inputs=example_input.clone(), customized_pruners=custom_pruners() or None)
+        probe = probe_input(example_input, model, output_shape)
+        # Traced on the probe's size (the same couplings; a flatten before a linear layer keeps the full size).
+        dg.build_dependency(model, example_inputs=probe[:1].clone(), customized_pruners=custom_pruners() or None)
     finally:
         op_owner.remove()
         model.train(model_was_training)
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
 
-    graph = ChannelGraph(model=model, example_input=example_input.clone(), groups=[], _dg=dg, _names=names)
-    was_training = model.training
-    try:
-        graph.probe = probe_input(example_input, model.eval(), output_shape)
-    finally:
-        model.train(was_training)
+    graph = ChannelGraph(model=model, example_input=example_input.clone(), groups=[], _dg=dg, _names=names,
+                         probe=probe)
     suspicious: dict[str, str] = {}
     roots = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
     for group in dg.get_all_groups(root_module_types=roots):
