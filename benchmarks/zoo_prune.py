@@ -138,14 +138,36 @@ def prune_tp(model, x):
                                   pruning_ratio=RATIO, ignored_layers=[head] if isinstance(head, nn.Module) else [])
     dg = pruner.DG
     cuts = []
+    # Torch-Pruning prunes group after group, each in the numbering the earlier cuts left (behind a concatenation
+    # a later group's indices are shifted): map them back to the original channels.
+    alive: dict[tuple[str, str], list[int]] = {}
     for group in pruner.step(interactive=True):
         for dep, idxs in group:
             target = dep.target.module
             if target in names and any(True for _ in target.parameters(recurse=False)):
                 kind = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
-                cuts.append((names[target], kind, [int(i) for i in idxs], type(target).__name__))
+                depthwise = isinstance(target, nn.modules.conv._ConvNd) and (
+                    target.groups == target.in_channels == target.out_channels)
+                key = (names[target], "both" if depthwise else kind)
+                if key not in alive:
+                    alive[key] = list(range(_channels(target, kind)))
+                original = [alive[key][int(i)] for i in idxs]
+                alive[key] = [c for c in alive[key] if c not in set(original)]
+                cuts.append((names[target], kind, original, type(target).__name__))
         group.prune()
     return model, cuts
+
+
+def _channels(module, kind: str) -> int:
+    """How many channels `module` has on the side `kind` (out or in), before any cut."""
+    for attr in (("out_channels", "out_features", "num_features", "num_channels") if kind == "out" else
+                 ("in_channels", "in_features", "num_features", "num_channels")):
+        if hasattr(module, attr):
+            return getattr(module, attr)
+    if hasattr(module, "normalized_shape"):
+        return module.normalized_shape[0]
+    weight = getattr(module, "weight", None)
+    return weight.shape[0 if kind == "out" else 1]
 
 
 def check(original, pruned, cuts, x) -> tuple[str, float | None]:
