@@ -136,6 +136,33 @@ def test_prune_finetune_and_export(tmp_path, capsys, digits_model):
     assert (tmp_path / "p.onnx").stat().st_size > 1000
 
 
+def test_prune_time_limit_stops_the_surgery_with_a_clear_error(tmp_path, capsys, digits_model, monkeypatch):
+    """An alarm raised inside verification reaches the command (not taken for a failed group): one clear line,
+    no pruned model written. --round-to keeps multiples."""
+    import time
+
+    from cnnzip.prune import graph
+
+    model = digits_model(4)
+    real = graph.check_equivalent
+
+    def slow(*a, **k):
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(graph, "check_equivalent", slow)
+    out = tmp_path / "slow"
+    args = ["prune", str(model), "--ratio", "0.5", "--latency-batches", "none", "--no-progress"]
+    assert main([*args, "--time-limit", "0.2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--time-limit" in err and "Traceback" not in err and not (out / "pruned.pt").exists()
+    assert main([*args, "--time-limit", "-1", "--out", str(tmp_path / "neg")]) == 2
+    monkeypatch.setattr(graph, "check_equivalent", real)
+    assert main([*args, "--round-to", "4", "--out", str(tmp_path / "r4")]) == 0
+    report = __import__("json").loads((tmp_path / "r4" / "report.json").read_text())
+    assert all(after % 4 == 0 for before, after in report["widths"].values() if after != before)
+
+
 def test_train_with_sparsity_shrinks_gammas(tmp_path):
     dense, sparse = tmp_path / "dense", tmp_path / "sparse"
     for out, extra in ((dense, []), (sparse, ["--sparsity", "0.2"])):

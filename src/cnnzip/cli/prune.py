@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 
 import torch
 
@@ -56,6 +59,8 @@ def add_arguments(s) -> None:
     s.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="every pruned layer keeps a multiple of N channels (rounded up): CPU kernels work on "
                    "blocks of 8 or 16 channels (default 1: no rounding)")
+    s.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="give up if finding and verifying the channels takes longer (before any fine-tuning)")
     s.add_argument("--finetune-epochs", type=int, default=0)
     s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
     s.add_argument("--no-augment", action="store_true", help="fine-tune without random crop and flip")
@@ -67,11 +72,35 @@ def add_arguments(s) -> None:
     s.add_argument("--no-progress", action="store_true")
 
 
-FREE = ("latency_batches", "latency_repeats")  # they change what is measured, not the pruned model
+FREE = ("latency_batches", "latency_repeats", "time_limit")  # they change what is measured, not the pruned model
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, message: str):
+    """Raise ConfigError(message) if the block runs longer than `seconds` (main thread, POSIX; else no limit).
+    The surgery lets the alarm's TimeoutError through rather than taking it for a failed group."""
+    usable = seconds is not None and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+    def alarm(signum, frame):
+        raise TimeoutError(message)
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except TimeoutError as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run(args) -> int:
     nonnegative(args, "finetune_epochs")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ConfigError("--time-limit must be a positive number of seconds")
     batches_latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
     config = ChannelPruning(method=args.method, ratio=args.ratio, threshold=args.threshold, scope=args.scope,
                             min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed,
@@ -89,10 +118,12 @@ def run(args) -> int:
     before = measure(job.model)
     say("finding coupled channels, pruning and verifying the surgery")
     example = torch.zeros(1, *job.shape)
-    if args.macs_reduction is not None:
-        result = prune_to_macs(job.model, config, example, args.macs_reduction)
-    else:
-        result = prune_channels(job.model, config, example)
+    with time_limit(args.time_limit, "--time-limit: finding and verifying the channels took longer than "
+                    f"{args.time_limit} s; nothing was written. Raise the limit, or --skip the layers that are slow"):
+        if args.macs_reduction is not None:
+            result = prune_to_macs(job.model, config, example, args.macs_reduction)
+        else:
+            result = prune_channels(job.model, config, example)
     if result.channels_removed == 0:
         raise ConfigError(f"nothing was removed: with --min-channels {args.min_channels} and these settings no "
                           "channel qualifies; lower --min-channels, or prune more")
