@@ -189,7 +189,13 @@ def analyze(
             output_layers, output_shape = _output_layers(model, example_input)
         probe = probe_input(example_input, model, output_shape)
         # Traced on the probe's size (the same couplings; a flatten before a linear layer keeps the full size).
-        dg.build_dependency(model, example_inputs=probe[:1].clone(), customized_pruners=custom_pruners() or None)
+        try:
+            dg.build_dependency(model, example_inputs=probe[:1].clone(),
+                                customized_pruners=custom_pruners() or None)
+        except SURGERY_ERRORS as exc:
+            raise ModelError(f"Torch-Pruning's tracer cannot follow this model ({type(exc).__name__}: "
+                             f"{str(exc)[:160]}), so cnnzip cannot tell which channels go together; nothing was "
+                             "pruned. Please report the model's structure.") from exc
     finally:
         op_owner.remove()
         model.train(model_was_training)
