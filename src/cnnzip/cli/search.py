@@ -133,7 +133,7 @@ def run(args) -> int:
     points = [(t.size, t.accuracy, t.passed) for t in result.trials]
     at = ", ".join(f"{k} {v:.2f}" for k, v in names.items())
     what = ("smallest file" if best.latency is None
-            else f"fastest model in ONNX Runtime at batch {config.objective.removeprefix('latency-b')}")
+            else f"fastest model in ONNX Runtime at batch {config.latency_batch}")
     timed = [] if best.latency is None else ["time / original"]
     write_run_report(args, NAME, [
         Section("Result", f"The {what} whose validation accuracy meets {result.target:.2%} (baseline "

@@ -78,6 +78,11 @@ class SearchConfig:
         return [round(i * self.step, 10) for i in range(n) if i * self.step <= self.max_ratio + 1e-9]
 
     @property
+    def latency_batch(self) -> int | None:
+        """The batch size a latency objective times at; None for the size objective."""
+        return None if self.objective == "size" else int(self.objective.removeprefix("latency-b"))
+
+    @property
     def uses_early_exit(self) -> bool:
         return self.strategy == "bisect" if self.early_exit is None else self.early_exit
 
@@ -140,10 +145,10 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp", calibration=calibration)
     trials = Trials(compressor, evaluator, target, config.grid, run / "trials.jsonl", strategy=config.strategy,
                     early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget,
-                    say=say, objective=config.objective)
+                    say=say, objective=config.objective, latency_batch=config.latency_batch)
     if trials.done:
         say(f"resuming: {len(trials.done)} accuracy checks already recorded in {trials.log}")
-    goal = "smallest file" if config.objective == "size" else f"fastest model at batch {config.objective[9:]}"
+    goal = "smallest file" if config.objective == "size" else f"fastest model at batch {config.latency_batch}"
     say(f"searching ({config.strategy}, {config.pipeline.order}) for the {goal} at validation accuracy >= "
         f"{target:.2%} (baseline {baseline:.2%})")
     strategy = STRATEGIES[config.strategy]

@@ -44,13 +44,15 @@ class Trials:
     def __init__(self, compressor: Compressor, evaluator: Evaluator, target: float, grid: list[float],
                  log: str | Path, *, strategy: str, early_exit: bool, max_checks: int | None = None,
                  time_budget: float | None = None, say: Callable[[str], None] | None = None,
-                 objective: str = "size") -> None:
+                 objective: str = "size", latency_batch: int | None = None) -> None:
         self.compressor, self.evaluator, self.target, self.grid = compressor, evaluator, target, grid
         self.say = say or (lambda text: None)
         self.strategy, self.early_exit = strategy, early_exit
         self.max_checks, self.time_budget = max_checks, time_budget
         self.log = Path(log)
-        self.objective = objective
+        if (objective == "size") != (latency_batch is None):
+            raise ValueError("a latency objective needs its batch size, and only it")
+        self.objective, self.latency_batch = objective, latency_batch
         self._key = {"strategy": strategy, "order": compressor.pipeline.order, "target": target,
                      "early_exit": early_exit} | ({} if objective == "size" else {"objective": objective})
         self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
@@ -121,8 +123,8 @@ class Trials:
             r = self.evaluator.evaluate(candidate.model)
         passed = r.accuracy >= self.target if r.complete else bool(r.passed)
         latency = None
-        if passed and self.objective != "size":  # only a passing candidate can win: time only those
-            latency = self.compressor.latency(candidate, int(self.objective.removeprefix("latency-b")))
+        if passed and self.latency_batch is not None:  # only a passing candidate can win: time only those
+            latency = self.compressor.latency(candidate, self.latency_batch)
         trial = Trial(index=index, ratios=self.ratios(index), passed=passed, accuracy=r.accuracy,
                       complete=r.complete, images=r.evaluated, size=candidate.size,
                       seconds=time.perf_counter() - started, latency=latency)
@@ -156,6 +158,6 @@ class Trials:
         Only those: a resumed run's records may hold trials this point of the strategy has not reached, and bounds
         taken from them would change its path."""
         passing = [t for t in self.asked.values() if t.passed]
-        if self.objective != "size":
+        if self.latency_batch is not None:
             return min(passing, key=lambda t: (t.latency, t.size, t.index)) if passing else None
         return min(passing, key=lambda t: (t.size, t.index)) if passing else None
