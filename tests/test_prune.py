@@ -338,6 +338,33 @@ def test_verification_lets_interrupts_and_time_limits_through(monkeypatch):
     assert not graph.groups and all("IndexError" in why for why in graph.excluded.values())
 
 
+def test_grouped_convolutions_lose_the_same_positions_in_every_group():
+    model = _randomise_bn(ResNeXtBlock())
+    graph = analyze(model, X)
+    assert {g.name: g.blocks for g in graph.groups if g.name in ("reduce.0", "grouped.0")} == {
+        "reduce.0": 4, "grouped.0": 4}
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5, scope="layer", round_to=8), X,
+                            graph=graph)
+    conv = result.model.grouped[0]
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (8, 8, 4)
+    removed = result.removed["reduce.0"]
+    assert len(removed) == 8 and {i % 4 for i in removed} == {i % 4 for i in removed[:2]}  # same positions
+    assert result.max_error <= 1e-9
+
+
+def test_probes_are_small_when_the_model_takes_any_size():
+    """Checks run at 64x64 when the outputs keep their shape (cheaper float64 passes), else at full size."""
+    big = torch.randn(1, 3, 128, 128)
+    graph = analyze(_randomise_bn(create_model("resnet20", width=0.25)), big)
+    assert graph.probe.shape == (2, 3, 64, 64)
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
+                          nn.Linear(4 * 96 * 96, 5))
+    graph = analyze(fixed, torch.randn(1, 3, 96, 96))
+    assert graph.probe.shape == (2, 3, 96, 96)
+    result = prune_channels(fixed, ChannelPruning(method="l1", ratio=0.5), torch.randn(1, 3, 96, 96), graph=graph)
+    assert result.model[0].out_channels == 2 and result.max_error <= 1e-9
+
+
 def test_flatten_linear_shrinks_by_whole_spatial_blocks():
     model = _randomise_bn(FlattenLinear())
     result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5, scope="layer"), X)
