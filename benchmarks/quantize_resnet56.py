@@ -47,6 +47,10 @@ def main() -> None:
     ap.add_argument("--macs-reduction", type=float, default=0.45, help="the pruned model's MACs cut (with --pruned)")
     ap.add_argument("--round-to", default="1", help="comma-separated: one pruned model per multiple, each keeping "
                     "multiples of that many channels per layer (benchmarks/round_to.py measures which suits ORT)")
+    ap.add_argument("--residual-stream", action="store_true", help="the pruned models also narrow the residual "
+                    "streams (both sides of the zero-padding shortcuts); without it only the blocks' inner widths")
+    ap.add_argument("--distill", action="store_true", help="fine-tune the pruned models with distillation from "
+                    "the unpruned one (T=4, alpha=0.9)")
     ap.add_argument("--qat-epochs", type=int, default=0, help="also: 4-bit weights, post-training vs this many "
                     "epochs of quantization-aware training (fake-quantized accuracy, and the int8 file's)")
     ap.add_argument("--cnnz", action="store_true", help="also deep-compress the same model (70%% sparse, 6-bit conv, "
@@ -80,8 +84,10 @@ def main() -> None:
         files["NNCF int8"] = nncf
     macs = {name: count_macs(model, shape) for name in files}
     for multiple in ([int(m) for m in args.round_to.split(",")] if args.pruned else []):
-        pruned = prune_fpgm(model, meta, ds, work, args.finetune_epochs, args.macs_reduction, multiple)
-        tag = f"pruned-m{args.macs_reduction * 100:.0f}-r{multiple}-ft{args.finetune_epochs}"
+        pruned = prune_fpgm(model, meta, ds, work, args.finetune_epochs, args.macs_reduction, multiple,
+                            args.residual_stream, args.distill)
+        tag = (f"pruned-m{args.macs_reduction * 100:.0f}-r{multiple}{'-s' if args.residual_stream else ''}"
+               f"{'-kd' if args.distill else ''}-ft{args.finetune_epochs}")
         fp32, int8 = f"pruned fp32, round_to {multiple}", f"pruned + cnnzip int8, round_to {multiple}"
         files[fp32] = fp32_file(pruned, tag)
         files[int8] = quantize_onnx(files[fp32], work / f"{tag}.int8.onnx", calibration, PostTraining(),
@@ -200,22 +206,26 @@ def nncf_ptq(python: str, fp32: Path, work: Path, calibration: list[np.ndarray])
     return out
 
 
-def prune_fpgm(model, meta, ds, work: Path, epochs: int, macs_reduction: float, round_to: int):
+def prune_fpgm(model, meta, ds, work: Path, epochs: int, macs_reduction: float, round_to: int,
+               residual_stream: bool = False, distill: bool = False):
     """FPGM channel pruning to `macs_reduction` fewer MACs, widths multiples of `round_to`, fine-tuned `epochs` on
-    the training images (cnnzip prune's way)."""
+    the training images (cnnzip prune's way), with distillation from `model` if `distill`."""
+    from cnnzip.distill import Distillation
     from cnnzip.finetune import Finetuner
     from cnnzip.io import save_model
     from cnnzip.prune import ChannelPruning, prune_to_macs
     from cnnzip.train import TrainConfig
 
-    path = work / f"pruned-fpgm{macs_reduction * 100:.0f}-r{round_to}-ft{epochs}.pt"
+    variant = f"{'-s' if residual_stream else ''}{'-kd' if distill else ''}"
+    path = work / f"pruned-fpgm{macs_reduction * 100:.0f}-r{round_to}{variant}-ft{epochs}.pt"
     if path.exists():
         return load_model(path)[0]
-    result = prune_to_macs(model, ChannelPruning(method="fpgm", round_to=round_to), torch.zeros(1, *meta.input_shape),
-                           macs_reduction)
+    result = prune_to_macs(model, ChannelPruning(method="fpgm", round_to=round_to, residual_stream=residual_stream),
+                           torch.zeros(1, *meta.input_shape), macs_reduction)
     pruned = result.model
     batches = Loader(ds.train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
-    finetune = Finetuner(batches, {"finetune": epochs}, TrainConfig(lr=0.01), run_dir=work / f"checkpoints-{path.stem}")
+    finetune = Finetuner(batches, {"finetune": epochs}, TrainConfig(lr=0.01), run_dir=work / f"checkpoints-{path.stem}",
+                         hooks=[Distillation(model)] if distill else ())
     finetune("finetune", pruned)
     save_model(path, pruned.eval(), meta)
     return pruned

@@ -56,7 +56,7 @@ def main() -> None:
         unreachable = {}
         for m in multiples:
             try:
-                result = prune_to_macs(model, ChannelPruning(method="l1", round_to=m), torch.zeros(1, *shape),
+                result = prune_to_macs(model, ChannelPruning(method="l1", round_to=m, residual_stream=False), torch.zeros(1, *shape),
                                        args.macs_reduction)
             except ConfigError as e:  # e.g. 16 on ResNet-56: the first stage's 16 inner channels stay whole
                 unreachable[f"round_to {m}"] = str(e)

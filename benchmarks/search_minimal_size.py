@@ -102,7 +102,7 @@ def main() -> None:
     middle = drops[len(drops) // 2]
 
     def config(order, strategy, drop):
-        return SearchConfig(pipeline=Pipeline(order=order, structured=args.structured), strategy=strategy,
+        return SearchConfig(pipeline=Pipeline(order=order, structured=args.structured, residual_stream=False), strategy=strategy,
                             drop=drop, step=args.step, margin=args.margin)
 
     grids = {}
@@ -150,7 +150,7 @@ def main() -> None:
         fine = results["fine_step"] = {"step": args.fine_step, "target": baseline - middle}
         for order in PIPELINES:
             for strategy in ("margin", "bisect"):
-                cfg = SearchConfig(pipeline=Pipeline(order=order, structured=args.structured), strategy=strategy,
+                cfg = SearchConfig(pipeline=Pipeline(order=order, structured=args.structured, residual_stream=False), strategy=strategy,
                                    drop=middle, step=args.fine_step, margin=args.margin)
                 r = search(model, evaluator, meta, cfg, root / f"{order}-{strategy}-{middle}-fine{args.fine_step}")
                 fine[f"{order} {strategy}"] = row(r.best, r.cost)

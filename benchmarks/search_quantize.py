@@ -45,7 +45,8 @@ def main() -> None:
     shape = tuple(meta.input_shape)
     rows, files = {}, {"fp32 baseline": export_onnx(model, root / "baseline.fp32.onnx", shape)}
     for name, (quantize, objective, round_to) in VARIANTS.items():
-        config = SearchConfig(pipeline=Pipeline(order="ns", structured="l1", quantize=quantize, round_to=round_to),
+        config = SearchConfig(pipeline=Pipeline(order="ns", structured="l1", quantize=quantize, round_to=round_to,
+                                                    residual_stream=False),
                               strategy="bisect", drop=args.drop, objective=objective)
         run = (quantize or "fp32") + ("" if objective == "size" else f"-{objective}-r{round_to}")
         result = search(model, validator, meta, config, root / run, say=print,

@@ -22,7 +22,7 @@ from baseline_resnet56 import MODEL, ensure
 
 def command(out):
     return [sys.executable, "-m", "cnnzip.cli", "search", str(MODEL), "--data", str(CIFAR_JPEG), "--val-size",
-            "2000", "--drop", "0.03", "--strategy", "bisect", "--order", "ns-dc", "--structured", "l1",
+            "2000", "--drop", "0.03", "--strategy", "bisect", "--order", "ns-dc", "--structured", "l1", "--inner-only",
             "--step", "0.05", "--out", str(out)]
 
 

@@ -64,11 +64,11 @@ def main() -> None:
     example = torch.zeros(1, *SHAPE)
 
     variants = {}
-    fpgm = prune_to_macs(base, ChannelPruning(method="fpgm"), example, args.macs_reduction)
+    fpgm = prune_to_macs(base, ChannelPruning(method="fpgm", residual_stream=False), example, args.macs_reduction)
     ratio = fpgm.notes["ratio"]
     variants["cnnzip fpgm"] = fpgm
-    variants["cnnzip l1"] = prune_channels(base, ChannelPruning(method="l1", ratio=ratio), example)
-    variants["cnnzip random"] = prune_channels(base, ChannelPruning(method="random", ratio=ratio, seed=0), example)
+    variants["cnnzip l1"] = prune_channels(base, ChannelPruning(method="l1", ratio=ratio, residual_stream=False), example)
+    variants["cnnzip random"] = prune_channels(base, ChannelPruning(method="random", ratio=ratio, seed=0, residual_stream=False), example)
     if "original" not in done:
         done["original"] = describe(base, SHAPE, evaluator=test, latency_batches=())
         PARTIAL.write_text(json.dumps(done, indent=2))

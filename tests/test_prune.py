@@ -83,15 +83,45 @@ def test_vgg_surgery_equals_zeroing_by_hand():
     assert kept == [c.out_channels - len(result.removed.get(n, [])) for c, n in zip(convs, names, strict=True)]
 
 
-def test_zero_pad_shortcut_is_left_alone_and_inner_channels_pruned():
+def test_zero_pad_shortcut_residual_streams_are_pruned_and_verified():
+    """Torch-Pruning maps the option-A shortcut's padded channel c to c (wrong); cnnzip's channel-map layer prunes
+    each stage's residual stream on both sides of it, and the result equals the masked model."""
     model = _randomise_bn(create_model("resnet20"))
     graph = analyze(model, X)
-    assert "conv1" in graph.excluded and "PadShortcut" in graph.excluded["conv1"]
-    assert "layer2.0.shortcut" in graph.excluded["conv1"]
-    assert sorted(g.name for g in graph.groups) == sorted(f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
+    assert not graph.excluded
+    streams = {"conv1", "layer2.0.conv2", "layer3.0.conv2"}
+    assert sorted(g.name for g in graph.groups) == sorted(streams | {f"layer{s}.{b}.conv1" for s in (1, 2, 3)
+                                                                    for b in range(3)})
+    stage2 = graph.group("layer2.0.conv2")
+    assert {str(m) for m in stage2.members} >= {"layer2.0.shortcut[out]", "layer3.0.shortcut[in]",
+                                                "layer2.2.bn2[out]", "layer3.0.conv1[in]"}
     result = prune_channels(model, ChannelPruning(method="fpgm", ratio=0.5), X, graph=graph)
-    assert result.model.layer2[0].conv1.out_channels == 16
-    assert result.model.layer2[0].conv2.out_channels == 32  # the residual stream keeps its width
+    pruned = result.model
+    assert result.max_error <= 1e-9
+    assert pruned.layer2[0].conv1.out_channels == 16
+    assert pruned.conv1.out_channels == 8 and pruned.layer2[2].conv2.out_channels == 16
+    short = pruned.layer3[0].shortcut  # stage 2's kept channels land where stage 3 kept theirs, the rest are zeros
+    assert (short.in_planes, short.out_planes) == (16, 32)
+    kept2 = [c for c in range(32) if c not in result.removed["layer2.0.conv2"]]
+    kept3 = [c for c in range(64) if c not in result.removed["layer3.0.conv2"]]
+    expected = [kept2.index(c - 16) if 16 <= c < 48 and c - 16 in kept2 else -1 for c in kept3]
+    assert short.index.tolist() == expected
+    x = torch.randn(2, 16, 8, 8)
+    assert not short(x)[:, [j for j, i in enumerate(expected) if i < 0]].any()
+    assert torch.equal(short(x)[:, [j for j, i in enumerate(expected) if i >= 0]],
+                       x[:, [i for i in expected if i >= 0], ::2, ::2])
+
+
+def test_pruned_pad_shortcut_loads_into_a_fresh_model_and_exports():
+    model = _randomise_bn(create_model("resnet20", width=0.5))
+    pruned = prune_channels(model, ChannelPruning(method="l1", ratio=0.4), X).model.eval()
+    fresh = create_model("resnet20", width=0.5)
+    with pytest.raises(RuntimeError):  # the narrowed convs do not fit...
+        fresh.load_state_dict(pruned.state_dict())
+    from cnnzip.io import apply_widths
+    apply_widths(fresh, layer_widths(pruned)).load_state_dict(pruned.state_dict())  # ...the narrowed model does
+    assert torch.equal(fresh.eval()(X), pruned(X))
+    assert "layer2.0.shortcut.index" not in create_model("resnet20").state_dict()  # checkpoints' keys unchanged
 
 
 def test_option_b_resnet_prunes_the_residual_stream_too():
@@ -450,8 +480,10 @@ def test_widths_keep_exactly_that_many_channels_chosen_by_importance():
 def test_prune_to_macs_hits_the_target():
     model = _randomise_bn(create_model("resnet20", width=0.5))
     result = prune_to_macs(model, ChannelPruning(method="fpgm"), X, macs_reduction=0.4)
-    reduction = 1 - count_macs(result.model, (3, 32, 32)) / count_macs(model, (3, 32, 32))
-    assert 0.4 <= reduction <= 0.41
+    base = count_macs(model, (3, 32, 32))
+    assert 1 - count_macs(result.model, (3, 32, 32)) / base >= 0.4
+    less = prune_channels(model, ChannelPruning(method="fpgm", ratio=result.notes["ratio"] - 0.01), X).model
+    assert 1 - count_macs(less, (3, 32, 32)) / base < 0.4  # the smallest ratio that gets there
     assert result.max_error <= 1e-4
 
 
@@ -504,6 +536,7 @@ def test_sparsity_hook_drives_gammas_down():
 def test_pruned_model_reloads_in_a_fresh_process(tmp_path):
     model = _randomise_bn(create_model("resnet56"))
     result = prune_channels(model, ChannelPruning(method="fpgm", ratio=0.4), X)
+    assert result.model.layer3[0].shortcut.index is not None  # the residual streams were pruned too
     path = save_model(tmp_path / "pruned.pt", result.model, ModelMeta((0.5,) * 3, (0.25,) * 3))
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     torch.save(x, tmp_path / "x.pt")

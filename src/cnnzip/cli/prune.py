@@ -59,6 +59,9 @@ def add_arguments(s) -> None:
     s.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="every pruned layer keeps a multiple of N channels (rounded up): CPU kernels work on "
                    "blocks of 8 or 16 channels (default 1: no rounding)")
+    s.add_argument("--inner-only", action="store_true",
+                   help="leave channels joined by a residual addition alone (a ResNet's streams): only the blocks' "
+                   "inner widths shrink")
     s.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="give up if finding and verifying the channels takes longer (before any fine-tuning)")
     s.add_argument("--finetune-epochs", type=int, default=0)
@@ -104,7 +107,7 @@ def run(args) -> int:
     batches_latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
     config = ChannelPruning(method=args.method, ratio=args.ratio, threshold=args.threshold, scope=args.scope,
                             min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed,
-                            round_to=args.round_to)
+                            round_to=args.round_to, residual_stream=not args.inner_only)
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)

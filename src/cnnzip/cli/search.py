@@ -51,6 +51,8 @@ def add_arguments(s) -> None:
     s.add_argument("--objective", choices=list(OBJECTIVES), default="size",
                    help="what the winner minimises: file size, or ONNX Runtime time at batch 1 or 256 (measured "
                    "beside the original model for every passing candidate; needs the [onnx] extra and --order ns)")
+    s.add_argument("--inner-only", action="store_true", help="structured pruning leaves channels joined by a "
+                   "residual addition alone (a ResNet's streams)")
     s.add_argument("--round-to", type=int, default=1, metavar="N", help="structured pruning keeps a multiple of N "
                    "channels per layer: CPU kernels work on blocks of 8 or 16 channels (default 1)")
     s.add_argument("--calibration-images", type=int, default=512, help="training images that calibrate each "
@@ -88,7 +90,8 @@ def run(args) -> int:
     nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images")
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
-                          fc_bits=args.fc_bits, quantize=args.quantize, round_to=args.round_to),
+                          fc_bits=args.fc_bits, quantize=args.quantize, round_to=args.round_to,
+                          residual_stream=not args.inner_only),
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
         margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget, objective=args.objective)
     say = Progress(args.quiet)

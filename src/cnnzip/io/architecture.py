@@ -17,14 +17,16 @@ from torch import nn
 
 from ..errors import ModelError
 from ..models import RemovedBlock, create_model, remove_blocks
+from ..models.resnet_cifar import PadShortcut
 
 __all__ = ["layer_widths", "apply_widths", "rebuild", "probe_output", "check_probe"]
 
-_WIDTH_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+_WIDTH_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, PadShortcut)
 
 
 def layer_widths(model: nn.Module) -> dict[str, list[int]]:
-    """The channel counts of every conv ([in, out, groups]), linear ([in, out]) and BatchNorm ([features])."""
+    """The channel counts of every conv ([in, out, groups]), linear ([in, out]), BatchNorm ([features]) and
+    pruned zero-padding shortcut ([in, out])."""
     widths = {}
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
@@ -33,6 +35,8 @@ def layer_widths(model: nn.Module) -> dict[str, list[int]]:
             widths[name] = [m.in_features, m.out_features]
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             widths[name] = [m.num_features]
+        elif isinstance(m, PadShortcut) and m.index is not None:
+            widths[name] = [m.in_planes, m.out_planes]
     return widths
 
 
@@ -47,7 +51,9 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
                              "model class?")
         if layer_widths(m).get("", None) == list(w):
             continue
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(m, PadShortcut):
+            m.set_channel_map(torch.full((w[1],), -1), w[0])  # the map itself comes with the weights
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             m.in_channels, m.out_channels, m.groups = w
             m.weight = nn.Parameter(m.weight.new_empty((w[1], w[0] // w[2], *m.weight.shape[2:])))
             if m.bias is not None:

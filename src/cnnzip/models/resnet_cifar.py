@@ -25,6 +25,11 @@ class PadShortcut(nn.Module):
     A module rather than a lambda so models can be deep-copied and pickled. The padding is split evenly
     before and after the existing channels; for the published widths that is planes//4 on each side, as in
     the akamaster checkpoints.
+
+    Channel pruning narrows both sides independently (the residual streams of two stages), after which output
+    channel j is input channel `index[j]`, or zero where `index[j]` is -1. The map then lives in the state dict
+    (buffer `index`), so a pruned model saves and reloads like any other; an unpruned one keeps the plain
+    padding and the checkpoints' keys.
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
@@ -36,10 +41,40 @@ class PadShortcut(nn.Module):
         self.stride = stride
         self.pad_before = (out_planes - in_planes) // 2
         self.pad_after = out_planes - in_planes - self.pad_before
+        self.index: torch.Tensor | None
+        self.register_buffer("index", None)  # None (not in the state dict) until pruned
+
+    def channel_map(self) -> torch.Tensor:
+        """Output channel -> input channel, -1 for a channel of zeros."""
+        if self.index is not None:
+            return self.index.clone()
+        m = torch.full((self.out_planes,), -1, dtype=torch.long)
+        m[self.pad_before:self.pad_before + self.in_planes] = torch.arange(self.in_planes)
+        return m
+
+    def set_channel_map(self, index: torch.Tensor, in_planes: int) -> None:
+        """Make output channel j input channel index[j] (-1: zeros), reading `in_planes` input channels."""
+        index = torch.as_tensor(index, dtype=torch.long).flatten()
+        if len(index) and not index.is_meta and not -1 <= int(index.min()) <= int(index.max()) < in_planes:
+            raise ModelError(f"a PadShortcut channel map must hold -1 or input channels below {in_planes}")
+        self.in_planes, self.out_planes = int(in_planes), len(index)
+        self._buffers["index"] = index
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        saved = state_dict.get(prefix + "index")
+        if isinstance(saved, torch.Tensor) and self.index is None:  # a pruned map into an unpruned shortcut
+            self.set_channel_map(saved.clone(), max([self.in_planes, *(saved + 1).tolist()]))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+        if self.index is None:
+            return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+        zero = x.shape[1]  # an appended channel of zeros stands for every -1
+        x = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
+        return x.index_select(1, torch.where(self.index < 0, zero, self.index))
 
     def extra_repr(self) -> str:
         return f"{self.in_planes}, {self.out_planes}, stride={self.stride}"

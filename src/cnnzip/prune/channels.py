@@ -39,6 +39,8 @@ class ChannelPruning:
     - `round_to`: every pruned group keeps a multiple of this many channels (rounded up, as Torch-Pruning's
       `round_to`): CPU kernels work on blocks of 8 or 16 channels, and a width between two blocks costs the time
       of the larger one. A group smaller than `round_to` is left whole.
+    - `residual_stream`: also prune channels that a residual addition joins (a ResNet stage's stream, on both
+      sides of its shortcut); False narrows only what no addition ties, such as the blocks' inner widths.
     """
 
     method: str = "l1"
@@ -50,6 +52,7 @@ class ChannelPruning:
     skip: tuple[str, ...] = ()
     seed: int = 0
     round_to: int = 1
+    residual_stream: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in IMPORTANCE:
@@ -112,7 +115,8 @@ def plan_channels(graph: ChannelGraph, config: ChannelPruning) -> dict[str, list
         s = random_scores(graph, g, generator) if importance is random_scores else importance(graph, g)
         if s is not None:
             scores[g.name] = s.reshape(g.blocks, -1).mean(0)
-    groups = [g for g in graph.groups if g.name in scores]
+    residual = set() if config.residual_stream else graph.residual_groups()
+    groups = [g for g in graph.groups if g.name in scores and g.name not in residual]
     removed = _plan(graph, groups, scores, config)  # positions
     plan = {}
     for g in groups:

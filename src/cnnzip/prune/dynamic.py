@@ -99,16 +99,6 @@ class ThresholdSearch:
             self.current += (self.upper - self.lower) / 2
 
 
-def _residual_groups(graph: ChannelGraph) -> set[str]:
-    """Groups whose channels several layers write (a residual addition joins them)."""
-    out = set()
-    for g in graph.groups:
-        writers = [m for m in g.members if m.kind == "out" and m.role in ("conv", "linear")]
-        if len(writers) > 1:
-            out.add(g.name)
-    return out
-
-
 def sparsity_plan(sparsity: dict[str, torch.Tensor], threshold: float, min_channels: int = 1,
                   groups: Iterable[str] | None = None) -> dict[str, list[int]]:
     """Channels whose zero fraction is above `threshold` (root name -> indices); each group keeps at least
@@ -247,7 +237,7 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
         graph = analyze(current, torch.zeros(1, *shape), skip=config.skip)
         groups = [g.name for g in graph.groups]
         if not config.residual_stream:
-            residual = _residual_groups(graph)
+            residual = graph.residual_groups()
             groups = [g for g in groups if g not in residual]
         sparsity = channel_sparsity(graph, evaluator.batches, device, config.max_images)
         groups = [g for g in groups if g in sparsity]

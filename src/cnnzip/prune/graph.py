@@ -90,10 +90,15 @@ class ChannelGraph:
         raise ModelError(f"{name} is not the root of a channel group; prunable groups: "
                          f"{', '.join(g.name for g in self.groups) or 'none'}")
 
+    def residual_groups(self) -> set[str]:
+        """Groups whose channels several layers write: a residual addition joins them."""
+        return {g.name for g in self.groups
+                if sum(m.kind == "out" and m.role in ("conv", "linear") for m in g.members) > 1}
+
     def items(self, name: str, idxs: Sequence[int]) -> list[tuple[str, nn.Module, str, list[int]]]:
         """Every (layer name, module, kind, mapped channel indices) that removing root channels `idxs` touches.
 
-        Only real layers are listed (operations without parameters are skipped). Indices are mapped through
+        Only real layers are listed (with parameters, or a rule of their own); operations are skipped. Indices are mapped through
         concatenations and flattens by Torch-Pruning.
         """
         module, fn = self._roots[name]
@@ -101,7 +106,7 @@ class ChannelGraph:
         out = []
         for dep, mapped in group:
             target = dep.target.module
-            if isinstance(target, nn.Module) and any(True for _ in target.parameters(recurse=False)):
+            if _has_channels(target):
                 kind = "out" if self._dg.is_out_channel_pruning_fn(dep.handler) else "in"
                 out.append((self._names[target], target, kind, [int(i) for i in mapped]))
         return out
@@ -215,7 +220,7 @@ def analyze(
         members, odd_ops = [], []
         for dep, _ in group:
             target = dep.target.module
-            if isinstance(target, nn.Module) and target in names and any(True for _ in target.parameters(False)):
+            if target in names and _has_channels(target):
                 kind = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
                 members.append(Member(names[target], kind, type(target).__name__, _role(target)))
             elif isinstance(target, tp.ops._ElementWiseOp):
@@ -263,6 +268,12 @@ def analyze(
     if verify and graph.groups:
         _verify_groups(graph, suspicious)
     return graph
+
+
+def _has_channels(target) -> bool:
+    """A layer whose channels are data (parameters, or a channel map like the zero-padding shortcut's)."""
+    return isinstance(target, nn.Module) and (any(True for _ in target.parameters(recurse=False))
+                                              or rule_for(target) is not None)
 
 
 def _role(module: nn.Module) -> str:

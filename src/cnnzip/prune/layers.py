@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.resnet_cifar import PadShortcut
 
 __all__ = ["LayerRule", "register_layer", "rule_for", "cannot_zero", "custom_pruners", "SURGERY_ERRORS"]
 
@@ -87,10 +88,54 @@ def _zero_norm(module: nn.Module, kind: str, idxs: list[int]) -> None:
     module.bias[idx] = 0
 
 
+def _zero_pad_shortcut(module: PadShortcut, kind: str, idxs: list[int]) -> None:
+    """Output channels `idxs` become zeros; or every output that copies an input channel in `idxs` does."""
+    m = module.channel_map()
+    if kind == "out":
+        m[torch.as_tensor(idxs, dtype=torch.long)] = -1
+    else:
+        m[torch.isin(m, torch.as_tensor(idxs, dtype=torch.long))] = -1
+    module.set_channel_map(m, module.in_planes)
+
+
+def _pad_shortcut_pruner():
+    """The option-A shortcut's two sides narrow independently: Torch-Pruning's tracer would map its padding
+    channel to channel (wrong by the padding), so it is a layer of its own with a channel map."""
+    import torch_pruning as tp
+
+    class PadShortcutPruner(tp.pruner.function.BasePruningFunc):
+        TARGET_MODULES = (PadShortcut,)
+
+        def prune_out_channels(self, layer: PadShortcut, idxs):
+            keep = torch.ones(layer.out_planes, dtype=torch.bool)
+            keep[torch.as_tensor(list(idxs), dtype=torch.long)] = False
+            layer.set_channel_map(layer.channel_map()[keep], layer.in_planes)
+            return layer
+
+        def prune_in_channels(self, layer: PadShortcut, idxs):
+            gone = torch.zeros(layer.in_planes, dtype=torch.bool)
+            gone[torch.as_tensor(list(idxs), dtype=torch.long)] = True
+            new_number = torch.cumsum(~gone, 0) - 1  # an input channel's position among those kept
+            m = layer.channel_map()
+            valid = m >= 0
+            m[valid] = torch.where(gone[m[valid]], -1, new_number[m[valid]])
+            layer.set_channel_map(m, layer.in_planes - int(gone.sum()))
+            return layer
+
+        def get_out_channels(self, layer: PadShortcut) -> int:
+            return layer.out_planes
+
+        def get_in_channels(self, layer: PadShortcut) -> int:
+            return layer.in_planes
+
+    return PadShortcutPruner()
+
+
 _RULES: dict[type, LayerRule] = {
     nn.modules.conv._ConvNd: LayerRule(_zero_conv),
     nn.Linear: LayerRule(_zero_linear),
     nn.modules.batchnorm._BatchNorm: LayerRule(_zero_norm),
+    PadShortcut: LayerRule(_zero_pad_shortcut, _pad_shortcut_pruner),  # pruner: a factory (Torch-Pruning is lazy)
 }
 _USER: dict[type, LayerRule] = {}
 
@@ -125,5 +170,7 @@ def cannot_zero(module: nn.Module) -> str | None:
 
 
 def custom_pruners() -> dict[type, object]:
-    """The Torch-Pruning pruners of registered layers, for `DependencyGraph.build_dependency`."""
-    return {cls: rule.pruner for cls, rule in _USER.items() if rule.pruner is not None}
+    """The Torch-Pruning pruners of cnnzip's own and registered layers, for `DependencyGraph.build_dependency`."""
+    pruners = {cls: rule.pruner() for cls, rule in _RULES.items() if rule.pruner is not None}
+    pruners.update({cls: rule.pruner for cls, rule in _USER.items() if rule.pruner is not None})
+    return pruners

@@ -53,6 +53,8 @@ class Pipeline:
     file (its size is that file's, its accuracy ONNX Runtime's). Structured pruning only ('ns'): the int8 file
     stores dense weights, so deep compression's zeros and shared values would not shrink it.
     `round_to`: structured pruning keeps multiples of this many channels per layer (`ChannelPruning.round_to`).
+    `residual_stream`: structured pruning also narrows channels joined by residual additions
+    (`ChannelPruning.residual_stream`).
     """
 
     order: str = "ns-dc"
@@ -62,6 +64,7 @@ class Pipeline:
     skip: tuple[str, ...] = ()
     quantize: str | None = None
     round_to: int = 1
+    residual_stream: bool = True
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -188,5 +191,5 @@ class Compressor:
             graph.groups = [g for g in graph.groups if g.name in trusted]
             graph.excluded = dict(self._graph.excluded)
         config = ChannelPruning(method=self.pipeline.structured, ratio=ratio, skip=self.pipeline.skip,
-                                round_to=self.pipeline.round_to)
+                                round_to=self.pipeline.round_to, residual_stream=self.pipeline.residual_stream)
         return apply_plan(graph, plan_channels(graph, config)).model
