@@ -369,3 +369,24 @@ def test_misleading_or_silent_inputs_are_refused_with_the_options_name(tmp_path,
     assert main(["info", str(cnnz), "--batch-sizes", "1", "--repeats", "2"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("file bytes"))
     assert f"{cnnz.stat().st_size:,}" in line
+
+
+def test_prune_residual_streams_unless_inner_only(tmp_path, capsys):
+    """A ResNet with zero-padding shortcuts: its streams narrow by default, and keep their width with --inner-only."""
+    from cnnzip.data import load_digits
+    from cnnzip.io import ModelMeta, load_model, save_model
+    from cnnzip.models import create_model
+
+    ds = load_digits()
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=ds.num_classes, in_channels=ds.in_channels, width=0.5).eval()
+    path = save_model(tmp_path / "r20.pt", model, ModelMeta(ds.mean, ds.std, (ds.in_channels, *ds.image_size)))
+    widths = {}
+    for flag in ([], ["--inner-only"]):
+        out = tmp_path / f"out{len(flag)}"
+        assert main(["prune", str(path), "--method", "l1", "--ratio", "0.5", "--out", str(out), "--no-progress",
+                     "--latency-batches", "none", *flag]) == 0
+        pruned, _ = load_model(out / "pruned.pt")
+        widths[bool(flag)] = (pruned.layer3[0].conv2.out_channels, pruned.layer3[0].conv1.out_channels)
+    capsys.readouterr()
+    assert widths == {False: (16, 16), True: (32, 16)}

@@ -124,6 +124,24 @@ def test_pruned_pad_shortcut_loads_into_a_fresh_model_and_exports():
     assert "layer2.0.shortcut.index" not in create_model("resnet20").state_dict()  # checkpoints' keys unchanged
 
 
+def test_pruned_pad_shortcut_exports_as_a_convolution(tmp_path):
+    """A channel gather would cost ONNX Runtime's int8 layout two transposes per shortcut; a 0/1 conv costs none."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from cnnzip.deploy import OnnxModel, export_onnx
+
+    model = _randomise_bn(create_model("resnet20", width=0.5))
+    pruned = prune_channels(model, ChannelPruning(method="l1", ratio=0.4), X).model.eval()
+    export_onnx(pruned, tmp_path / "p.onnx", (3, 32, 32))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node]
+    assert ops.count("Conv") == 21 and "Gather" not in ops and "Pad" not in ops  # 19 + 2 shortcuts
+    session = OnnxModel(tmp_path / "p.onnx").session
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(y), pruned(x), atol=1e-4)
+
+
 def test_option_b_resnet_prunes_the_residual_stream_too():
     model = _randomise_bn(create_model("resnet20", shortcut="B", width=0.5))
     graph = analyze(model, X)
@@ -557,3 +575,24 @@ def test_users_own_pruned_model_reloads(tmp_path):
     path = save_model(tmp_path / "own.pt", result.model, ModelMeta((0.5,) * 3, (0.25,) * 3))
     loaded, _ = load_model(path, model=DepthwiseSeparable())
     assert check_equivalent(result.model, loaded, torch.randn(2, 3, 32, 32)) == 0.0
+
+
+def test_inner_only_leaves_every_residual_stream_whole():
+    model = _randomise_bn(create_model("resnet20", width=0.5))
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5, residual_stream=False), X)
+    assert set(result.removed) == {f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)}
+    assert [result.model.conv1.out_channels, result.model.layer3[2].conv2.out_channels] == [8, 32]
+    assert result.model.layer3[0].shortcut.index is None  # the plain padding, as in the checkpoints
+
+
+def test_pruned_streams_deep_compress_and_reload(tmp_path):
+    from cnnzip.deep import MagnitudePruning, WeightSharing, deep_compress, load_compressed, save_compressed
+
+    model = _randomise_bn(create_model("resnet20", width=0.5))
+    pruned = prune_channels(model, ChannelPruning(method="l1", ratio=0.5), X).model
+    shared, books = deep_compress(pruned, MagnitudePruning(ratio=0.5), WeightSharing(conv_bits=5, fc_bits=4))
+    path = tmp_path / "p.cnnz"
+    save_compressed(path, shared, books, ModelMeta((0.5,) * 3, (0.25,) * 3))
+    loaded, _ = load_compressed(path)
+    assert torch.equal(loaded.layer3[0].shortcut.index, shared.layer3[0].shortcut.index)
+    assert torch.equal(loaded(X), shared.eval()(X))

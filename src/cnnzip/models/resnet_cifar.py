@@ -29,7 +29,9 @@ class PadShortcut(nn.Module):
     Channel pruning narrows both sides independently (the residual streams of two stages), after which output
     channel j is input channel `index[j]`, or zero where `index[j]` is -1. The map then lives in the state dict
     (buffer `index`), so a pruned model saves and reloads like any other; an unpruned one keeps the plain
-    padding and the checkpoints' keys.
+    padding and the checkpoints' keys. A pruned shortcut runs as a strided 1x1 convolution with a 0/1 weight
+    (exact: one product by 1 per output): ONNX Runtime keeps a conv in its channels-last int8 layout, where a
+    channel gather costs a transpose on each side.
     """
 
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
@@ -43,6 +45,8 @@ class PadShortcut(nn.Module):
         self.pad_after = out_planes - in_planes - self.pad_before
         self.index: torch.Tensor | None
         self.register_buffer("index", None)  # None (not in the state dict) until pruned
+        self.selection: torch.Tensor | None
+        self.register_buffer("selection", None, persistent=False)  # the 0/1 conv weight that applies `index`
 
     def channel_map(self) -> torch.Tensor:
         """Output channel -> input channel, -1 for a channel of zeros."""
@@ -59,6 +63,15 @@ class PadShortcut(nn.Module):
             raise ModelError(f"a PadShortcut channel map must hold -1 or input channels below {in_planes}")
         self.in_planes, self.out_planes = int(in_planes), len(index)
         self._buffers["index"] = index
+        self._update_selection()
+
+    def _update_selection(self) -> None:
+        index = self.index
+        dtype = self.selection.dtype if self.selection is not None else torch.get_default_dtype()
+        w = torch.zeros(len(index), self.in_planes + 1, dtype=dtype, device=index.device)
+        if not index.is_meta:
+            w[torch.arange(len(index), device=index.device), torch.where(index < 0, self.in_planes, index)] = 1
+        self._buffers["selection"] = w[:, :self.in_planes, None, None].contiguous()  # the extra column: the -1s
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -67,14 +80,14 @@ class PadShortcut(nn.Module):
             self.set_channel_map(saved.clone(), max([self.in_planes, *(saved + 1).tolist()]))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if self.index is not None and prefix + "index" in state_dict:
+            self._update_selection()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
         if self.index is None:
+            x = x[:, :, :: self.stride, :: self.stride]
             return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
-        zero = x.shape[1]  # an appended channel of zeros stands for every -1
-        x = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], 1)
-        return x.index_select(1, torch.where(self.index < 0, zero, self.index))
+        return F.conv2d(x, self.selection.to(x.dtype), stride=self.stride)
 
     def extra_repr(self) -> str:
         return f"{self.in_planes}, {self.out_planes}, stride={self.stride}"
