@@ -390,3 +390,25 @@ def test_prune_residual_streams_unless_inner_only(tmp_path, capsys):
         widths[bool(flag)] = (pruned.layer3[0].conv2.out_channels, pruned.layer3[0].conv1.out_channels)
     capsys.readouterr()
     assert widths == {False: (16, 16), True: (32, 16)}
+
+
+def test_prune_recalibrates_batchnorm_unless_told_not_to(tmp_path, capsys, digits_model):
+    from cnnzip.io import load_model
+
+    path = digits_model(2)
+    original, _ = load_model(path)
+    stats = {}
+    for images in (0, 300):
+        out = tmp_path / f"r{images}"
+        assert main(["prune", str(path), "--ratio", "0.5", "--recalibrate", str(images), "--out", str(out),
+                     "--no-progress", "--latency-batches", "none"]) == 0
+        pruned, _ = load_model(out / "pruned.pt")
+        stats[images] = pruned.features[7].weight.shape[1], pruned.features[8].running_var
+        assert json.loads((out / "report.json").read_text())["recalibrated_images"] == images
+    capsys.readouterr()
+    kept_in, raw = stats[0]
+    assert len(raw) == 32 and kept_in == 16  # the last conv lost half its channels: both runs cut the same
+    assert set(raw.tolist()) <= set(original.features[8].running_var.tolist())  # statistics kept as they were
+    assert not torch.equal(stats[300][1], raw)  # re-estimated for the narrower inputs
+    assert main(["prune", str(path), "--ratio", "0.5", "--recalibrate", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--recalibrate" in capsys.readouterr().err

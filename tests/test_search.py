@@ -1,6 +1,7 @@
 """The target-accuracy search: strategies on a known landscape, then a real search that resumes."""
 
 
+import copy
 import json
 
 import pytest
@@ -25,7 +26,7 @@ from cnnzip.search import (
     search,
 )
 from cnnzip.search.plots import can_plot
-from cnnzip.train import TrainConfig, fit
+from cnnzip.train import TrainConfig, fit, recalibrate_batchnorm
 
 
 class Landscape:
@@ -240,3 +241,33 @@ def test_a_target_above_the_baseline_is_refused(digits_model, tmp_path):
         search(model, val, meta, SearchConfig(target=1.0), tmp_path)
     with pytest.raises(ConfigError):
         SearchConfig(target=0.9, drop=0.01)
+
+
+def test_recalibrated_candidates_carry_statistics_of_the_training_images(digits_model, tmp_path):
+    model, val, meta = digits_model
+    ds = load_digits()
+    train, _ = train_val_split(ds.train, val_size=0.2, seed=0)
+    calibration = [x.numpy() for x, _ in Loader(train.subset(range(256)), 32, mean=ds.mean, std=ds.std)]
+    with pytest.raises(ConfigError, match="calibration batches"):
+        Compressor(model, Pipeline(order="ns-dc", recalibrate=256), meta)
+    with pytest.raises(ConfigError, match="training images"):
+        Pipeline(recalibrate=-1)
+    plain = Compressor(model, Pipeline(order="ns-dc", structured="l1", conv_bits=4, fc_bits=4), meta)
+    recal = Compressor(model, Pipeline(order="ns-dc", structured="l1", conv_bits=4, fc_bits=4, recalibrate=256),
+                       meta, calibration=calibration)
+    a, b = plain.build((0.3, 0.5)), recal.build((0.3, 0.5))
+    expected = copy.deepcopy(a.model)
+    recalibrate_batchnorm(expected, [torch.from_numpy(x) for x in calibration], 256)
+    assert all(torch.equal(p, q) for p, q in zip(expected.state_dict().values(), b.model.state_dict().values(),
+                                                     strict=True))
+    assert val.evaluate(b.model).accuracy > val.evaluate(a.model).accuracy
+    same = Compressor(model, Pipeline(order="ns", recalibrate=256), meta, calibration=calibration).build((0.0,))
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), same.model.state_dict().values(),
+                                                     strict=True))
+    cfg = SearchConfig(pipeline=Pipeline(order="ns", structured="l1", recalibrate=256), strategy="bisect",
+                       drop=0.03, step=0.2, max_ratio=0.8)
+    result = search(model, val, meta, cfg, tmp_path / "run", calibration=calibration)
+    records = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
+    assert records and all(r["recalibrate"] == 256 for r in records)  # never replayed as raw trials
+    loaded, _ = load(result.path)
+    assert val.evaluate(loaded).accuracy == result.best.accuracy  # the file holds the recalibrated statistics

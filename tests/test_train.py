@@ -4,7 +4,7 @@ from torch import nn
 
 from cnnzip.errors import ConfigError
 from cnnzip.measure import Evaluator
-from cnnzip.train import TrainConfig, TrainHook, cosine_lr, fit
+from cnnzip.train import TrainConfig, TrainHook, cosine_lr, fit, recalibrate_batchnorm
 
 
 class Batches:
@@ -255,3 +255,30 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(ConfigError, match="files that would run code are refused"):
         fit(_model(), Batches(), TrainConfig(epochs=1), checkpoint=tmp_path / "ckpt.pt", progress=False)
     assert not (tmp_path / "ran").exists()
+
+
+def test_batchnorm_recalibration_measures_the_images_and_changes_nothing_else():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    model.eval()
+    bn = model[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, as after a surgery
+    bn.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    x = torch.randn(10, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    batches = [(x[:5], None), (x[5:], None)]
+    assert recalibrate_batchnorm(model, batches, images=10) == 10
+    with torch.no_grad():
+        h = model[0](x)  # the two batches are weighted alike: the average of their statistics
+        means = torch.stack([h[:5].mean((0, 2, 3)), h[5:].mean((0, 2, 3))])
+        variances = torch.stack([h[:5].var((0, 2, 3)), h[5:].var((0, 2, 3))])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, variances.mean(0), atol=1e-5)
+    assert bn.momentum == 0.3 and not model.training and not model[3].training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert recalibrate_batchnorm(model, batches, images=7) == 7  # a budget that ends inside a batch
+    assert recalibrate_batchnorm(nn.Sequential(nn.Linear(2, 2)), batches) == 0  # nothing to recalibrate
+    with pytest.raises(ConfigError, match="at least 2 images"):
+        recalibrate_batchnorm(model, [(x[:1], None)])

@@ -23,7 +23,8 @@ from .errors import ConfigError
 from .io import atomic_save, differences
 from .measure import Evaluator
 
-__all__ = ["TrainConfig", "TrainHook", "TrainResult", "fit", "select_device", "cosine_lr", "capture_features"]
+__all__ = ["TrainConfig", "TrainHook", "TrainResult", "fit", "select_device", "cosine_lr", "capture_features",
+           "recalibrate_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,51 @@ class TrainResult:
     @property
     def last(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable, images: int = 512,
+                          device: torch.device | str | None = None) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on up to `images` training images; returns how many
+    were used (0 when the model has no BatchNorm, which is then untouched).
+
+    After a surgery the statistics a BatchNorm kept describe channels that are gone or inputs that changed, and a
+    pruned model's raw accuracy mostly measures that mismatch; a few hundred images fix it without gradients
+    ("adaptive BatchNorm", Li et al., EagleEye, ECCV 2020). The statistics are plain averages over the images
+    (momentum None), in the order `batches` gives them, so a seeded loader gives the same model every time.
+    Only the BatchNorms run in training mode; dropout and the rest stay in eval mode. Weights do not change.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or images <= 0:
+        return 0
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = {m: m.training for m in model.modules()}
+    momentum = {m: m.momentum for m in norms}
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = torch.as_tensor(x)[: images - seen].to(device)
+            if len(x) < 2:  # a BatchNorm after pooling to 1x1 needs two images
+                break
+            model(x)
+            seen += len(x)
+            if seen >= images:
+                break
+    finally:
+        for m, mom in momentum.items():
+            m.momentum = mom
+        for m, training in was_training.items():
+            m.train(training)
+    if seen == 0:
+        raise ConfigError("BatchNorm recalibration needs at least 2 images; the batches held none")
+    return seen
 
 
 def select_device(preference: str = "auto") -> torch.device:

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..io import save_model
 from ..prune import ChannelPruning, prune_channels, prune_to_macs
 from ..report import Section, comparison_cells, describe, format_table, ratio_row, widths_plot
+from ..train import recalibrate_batchnorm
 from .options import (
     Progress,
     add_data_args,
@@ -21,6 +22,7 @@ from .options import (
     int_list,
     nonnegative,
     prepare,
+    some,
     start_run,
     write_run_report,
 )
@@ -59,6 +61,9 @@ def add_arguments(s) -> None:
     s.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="every pruned layer keeps a multiple of N channels (rounded up): CPU kernels work on "
                    "blocks of 8 or 16 channels (default 1: no rounding)")
+    s.add_argument("--recalibrate", type=int, default=512, metavar="IMAGES",
+                   help="re-estimate BatchNorm statistics on this many training images after the surgery, before "
+                   "measuring or fine-tuning (default 512; 0: keep the original's statistics)")
     s.add_argument("--inner-only", action="store_true",
                    help="leave channels joined by a residual addition alone (a ResNet's streams): only the blocks' "
                    "inner widths shrink")
@@ -101,7 +106,7 @@ def time_limit(seconds: float | None, message: str):
 
 
 def run(args) -> int:
-    nonnegative(args, "finetune_epochs")
+    nonnegative(args, "finetune_epochs", "recalibrate")
     if args.time_limit is not None and args.time_limit <= 0:
         raise ConfigError("--time-limit must be a positive number of seconds")
     batches_latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
@@ -131,7 +136,13 @@ def run(args) -> int:
         raise ConfigError(f"nothing was removed: with --min-channels {args.min_channels} and these settings no "
                           "channel qualifies; lower --min-channels, or prune more")
     pruned = result.model
-    say(f"removed {result.channels_removed} channels; measuring the pruned model")
+    if args.recalibrate:
+        images = some(job.train, args.recalibrate, args.seed, "--recalibrate")
+        used = recalibrate_batchnorm(pruned, job.evaluator(images, 64).batches, args.recalibrate, device="cpu")
+        say(f"removed {result.channels_removed} channels; BatchNorm statistics re-estimated on {used} training "
+            "images; measuring the pruned model")
+    else:
+        say(f"removed {result.channels_removed} channels; measuring the pruned model")
     rows = {"original": before}
     if args.finetune_epochs > 0:
         rows["pruned"] = measure(pruned, latency=False)
@@ -147,7 +158,7 @@ def run(args) -> int:
     after = rows[list(rows)[-1]]
     settings = config.__dict__ | {"skip": list(config.skip)}
     save_model(args.out / "pruned.pt", pruned.cpu(), job.out_meta(pruned=settings, **{"from": str(args.model_path)}))
-    report = {"config": settings, "macs_reduction_goal": args.macs_reduction,
+    report = {"config": settings, "macs_reduction_goal": args.macs_reduction, "recalibrated_images": args.recalibrate,
               "finetune_epochs": args.finetune_epochs, "rows": rows, "widths": result.widths,
               "excluded": result.excluded, "verification_max_error": result.max_error, "notes": result.notes}
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -51,6 +51,9 @@ def add_arguments(s) -> None:
     s.add_argument("--objective", choices=list(OBJECTIVES), default="size",
                    help="what the winner minimises: file size, or ONNX Runtime time at batch 1 or 256 (measured "
                    "beside the original model for every passing candidate; needs the [onnx] extra and --order ns)")
+    s.add_argument("--recalibrate", type=int, default=0, metavar="IMAGES",
+                   help="re-estimate BatchNorm statistics of every candidate on this many training images before "
+                   "its accuracy is checked (default 0: off)")
     s.add_argument("--inner-only", action="store_true", help="structured pruning leaves channels joined by a "
                    "residual addition alone (a ResNet's streams)")
     s.add_argument("--round-to", type=int, default=1, metavar="N", help="structured pruning keeps a multiple of N "
@@ -91,7 +94,7 @@ def run(args) -> int:
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
                           fc_bits=args.fc_bits, quantize=args.quantize, round_to=args.round_to,
-                          residual_stream=not args.inner_only),
+                          residual_stream=not args.inner_only, recalibrate=args.recalibrate),
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
         margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget, objective=args.objective)
     say = Progress(args.quiet)
@@ -104,8 +107,9 @@ def run(args) -> int:
         finetune = job.finetuner(epochs, job.batches(job.train, args.train_batch_size),
                                  train_batch_size=args.train_batch_size, search=config.as_dict())
     calibration = None
-    if args.quantize:
-        images = some(job.train, args.calibration_images, args.seed, "--calibration-images")
+    if args.quantize or args.recalibrate:  # training images: int8 ranges, BatchNorm statistics
+        count = max(args.calibration_images if args.quantize else 0, args.recalibrate)
+        images = some(job.train, count, args.seed, "--calibration-images" if args.quantize else "--recalibrate")
         calibration = [x.numpy() for x, _ in job.evaluator(images, 32).batches]
     result = search(job.model.cpu().eval(), job.evaluator(val, args.batch_size), job.out_meta(), config, args.out,
                     finetune=finetune, say=say, calibration=calibration)

@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..finetune import Finetune
 from ..io import ModelMeta, save_model
 from ..prune import ChannelPruning, analyze, apply_plan, plan_channels
+from ..train import recalibrate_batchnorm
 
 __all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS", "STAGES", "Finetune"]
 
@@ -55,6 +56,8 @@ class Pipeline:
     `round_to`: structured pruning keeps multiples of this many channels per layer (`ChannelPruning.round_to`).
     `residual_stream`: structured pruning also narrows channels joined by residual additions
     (`ChannelPruning.residual_stream`).
+    `recalibrate`: re-estimate BatchNorm statistics on this many training images (the calibration batches) after
+    the compression steps, before a candidate is measured (`train.recalibrate_batchnorm`); 0 = never.
     """
 
     order: str = "ns-dc"
@@ -65,6 +68,7 @@ class Pipeline:
     quantize: str | None = None
     round_to: int = 1
     residual_stream: bool = True
+    recalibrate: int = 0
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
@@ -76,6 +80,8 @@ class Pipeline:
                               "not shrink it: search --order ns with --quantize int8")
         if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
             raise ConfigError(f"round_to must be an integer >= 1; got {self.round_to!r}")
+        if not isinstance(self.recalibrate, int) or isinstance(self.recalibrate, bool) or self.recalibrate < 0:
+            raise ConfigError(f"recalibrate is a number of training images (0: none); got {self.recalibrate!r}")
         object.__setattr__(self, "skip", tuple(self.skip))
 
     @property
@@ -99,9 +105,10 @@ class Compressor:
 
     def __init__(self, model: nn.Module, pipeline: Pipeline, meta: ModelMeta, workdir: str | Path | None = None,
                  calibration: Sequence[np.ndarray] | None = None):
-        """`calibration`: training batches (numpy, normalised) for the int8 step; needed only with quantize."""
-        if pipeline.quantize and not calibration:
-            raise ConfigError("quantizing candidates needs calibration batches of training images")
+        """`calibration`: training batches (numpy, normalised) for the int8 step and BatchNorm recalibration;
+        needed only with quantize or recalibrate."""
+        if (pipeline.quantize or pipeline.recalibrate) and not calibration:
+            raise ConfigError("quantizing or recalibrating candidates needs calibration batches of training images")
         self.calibration = list(calibration) if calibration else None
         self.model = copy.deepcopy(model).cpu().eval()
         self.pipeline = pipeline
@@ -142,12 +149,20 @@ class Compressor:
             if finetune is not None:
                 finetune("shared", shared, [SharedWeightsHook(books)])
                 books = codebooks_of(shared, books)
+            self._recalibrate(shared)  # statistics only: the shared weights and their codebooks stay
             report = save_compressed(path, shared, books, self.meta)
             return Candidate(ratios, shared, report.file_bytes, path if keep_file else None)
+        if model is not self.model and any(r > 0 for r in ratios):
+            self._recalibrate(model)
         if self.pipeline.quantize:
             return self._int8(ratios, model, keep_file)
         save_model(path, model, self.meta)
         return Candidate(ratios, model, path.stat().st_size, path if keep_file else None)
+
+    def _recalibrate(self, model: nn.Module) -> None:
+        if self.pipeline.recalibrate:
+            batches = (torch.from_numpy(x) for x in self.calibration)
+            recalibrate_batchnorm(model, batches, self.pipeline.recalibrate, device="cpu")
 
     def _int8(self, ratios: tuple[float, ...], model: nn.Module, keep_file: Path | None) -> Candidate:
         """Export, quantize (calibrated afresh: each candidate has its own weights) and wrap for ONNX Runtime."""

@@ -55,6 +55,8 @@ class Trials:
         self.objective, self.latency_batch = objective, latency_batch
         self._key = {"strategy": strategy, "order": compressor.pipeline.order, "target": target,
                      "early_exit": early_exit} | ({} if objective == "size" else {"objective": objective})
+        if compressor.pipeline.recalibrate:  # recalibrated trials are other trials: never mixed in a replay
+            self._key["recalibrate"] = compressor.pipeline.recalibrate
         self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
         self.asked: dict[tuple[int, ...], Trial] = {}  # asked for by this run's strategy, replayed or computed
         self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
