@@ -28,7 +28,7 @@ from cnnzip.prune.block_removal import (
 )
 from cnnzip.prune.channel_sparsity import channel_sparsity
 from cnnzip.prune.dynamic import DynamicPruning, ThresholdSearch, dynamic_prune, sparsity_plan
-from cnnzip.train import TrainConfig, fit
+from cnnzip.train import TrainConfig, fit, recalibrate_batchnorm
 
 SHAPE = (1, 8, 8)
 
@@ -117,6 +117,31 @@ def test_dynamic_pruning_shrinks_inner_widths_meets_the_target_and_resumes(digit
         dynamic_prune(result.model, val, finetune, config, meta, tmp_path)
     with pytest.raises(ConfigError, match="above the model's own"):
         dynamic_prune(model, val, finetune, DynamicPruning(target=1.0), meta, tmp_path / "x")
+
+
+def test_dynamic_trials_can_recalibrate_batchnorm_before_they_are_judged(digits, tmp_path):
+    model, batches, val, meta = digits
+    images = [x for x, _ in Loader(batches.split.subset(range(96)), 32, mean=meta.mean, std=meta.std)]
+
+    def no_finetune(stage, m, hooks=(), *, tag=None, parameters=None):
+        pass
+
+    config = DynamicPruning(drop=0.02, iterations=1, recalibrate=64)
+    with pytest.raises(ConfigError, match="training batches"):
+        dynamic_prune(model, val, no_finetune, config, meta, tmp_path / "none")
+    with pytest.raises(ConfigError, match="training images"):
+        DynamicPruning(drop=0.02, recalibrate=-1)
+    recal = dynamic_prune(model, val, no_finetune, config, meta, tmp_path / "recal", recalibration=images)
+    raw = dynamic_prune(model, val, no_finetune, DynamicPruning(drop=0.02, iterations=1), meta, tmp_path / "raw")
+    k = next(i for i, t in enumerate(raw.trials) if t.removed)  # the trials before it removed nothing and passed
+    first = recal.trials[k]
+    assert first.threshold == raw.trials[k].threshold and first.removed == raw.trials[k].removed
+    expected, _ = load_model(tmp_path / "raw" / raw.trials[k].model)
+    recalibrate_batchnorm(expected, images, 64)  # the same surgery, then the same 64 images
+    got, _ = load_model(tmp_path / "recal" / first.model)
+    assert all(torch.equal(a, b) for a, b in zip(expected.state_dict().values(), got.state_dict().values(),
+                                                 strict=True))
+    assert first.before_finetune == val.evaluate(expected).accuracy
 
 
 def test_distillation_loss_is_the_weighted_sum():

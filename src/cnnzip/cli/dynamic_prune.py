@@ -65,25 +65,29 @@ def add_arguments(s) -> None:
     s.add_argument("--min-channels", type=int, default=1)
     s.add_argument("--residual-stream", action="store_true", help="also prune channels tied to residual "
                    "additions (default: only block inner widths, as the paper)")
+    s.add_argument("--recalibrate", type=int, default=0, metavar="IMAGES", help="re-estimate BatchNorm "
+                   "statistics of every trial on this many training images before it is judged and fine-tuned "
+                   "(default 0: off)")
     s.add_argument("--sparsity-images", type=int, default=None, help="validation images for the sparsity "
                    "measurement (default: all)")
     add_finetune_args(s, "runs/dynamic")
 
 
 def run(args) -> int:
-    nonnegative(args, "recover_epochs", "trial_images", "sparsity_images")
+    nonnegative(args, "recover_epochs", "trial_images", "sparsity_images", "recalibrate")
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1 (every trial is fine-tuned); got {args.epochs}")
     config = DynamicPruning(target=args.target_acc, drop=None if args.target_acc is not None else
                             (args.drop if args.drop is not None else 0.04), lower=args.lower, upper=args.upper,
                             tolerance=args.tolerance, iterations=args.iterations, min_channels=args.min_channels,
-                            residual_stream=args.residual_stream, max_images=args.sparsity_images)
+                            residual_stream=args.residual_stream, max_images=args.sparsity_images,
+                            recalibrate=args.recalibrate)
     say = Progress(args.quiet)
     start_run(args, NAME, ("iterations",), say=say)  # more iterations extend a run
     job = prepare(args, say)
     val = job.require_val("dynamic pruning measures sparsity and judges trials on a validation split")
     # More --iterations extend a run: the fine-tunes' checkpoints do not depend on them.
-    key = str({k: v for k, v in asdict(config).items() if k != "iterations"})
+    key = str({k: v for k, v in asdict(config).items() if k != "iterations" and (k != "recalibrate" or v)})
     # (recorded only when given: runs from before the option still resume)
     distill = {"distill": {"temperature": args.temperature, "alpha": args.alpha}} if args.distill else {}
     hooks = [Distillation(job.model, **distill["distill"])] if distill else []
@@ -95,10 +99,14 @@ def run(args) -> int:
                 "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment,
                 **distill}
     model = job.model.cpu().eval()
+    recalibration = None
+    if args.recalibrate:  # a fixed subset in a fixed order: every trial sees the same images
+        images = some(job.train, args.recalibrate, args.seed, "--recalibrate")
+        recalibration = [x for x, _ in job.evaluator(images, 64).batches]
     say(f"dynamic pruning: {args.iterations} iterations, each a binary search on the threshold with fine-tuned trials")
     result = dynamic_prune(model, job.evaluator(val), finetune, config, job.out_meta(**{"from": str(args.model_path),
                            "dynamic": True}), args.out, recover=args.recover_epochs > 0, training=training,
-                           device=job.device, say=say)
+                           device=job.device, say=say, recalibration=recalibration)
     test = job.evaluator(job.data.test)
     accuracy = {"original": test.evaluate(model.cpu()).accuracy, "pruned": test.evaluate(result.model).accuracy}
     print(f"{'iter':>4} {'threshold':>9} {'removed':>8} {'MACs':>13} {'val acc':>8}  verdict")

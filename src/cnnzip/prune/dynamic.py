@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..finetune import Finetune
 from ..io import ModelMeta, atomic_write_bytes, load_model, resume_state, save_model
 from ..measure import Evaluator, count_macs, run_digest, target_accuracy
+from ..train import recalibrate_batchnorm
 from .channel_sparsity import channel_sparsity
 from .channels import apply_plan
 from .graph import ChannelGraph, analyze
@@ -57,6 +58,7 @@ class DynamicPruning:
     residual_stream: bool = False
     skip: tuple[str, ...] = ()
     max_images: int | None = None  # images for the sparsity measurement (default: the whole split)
+    recalibrate: int = 0  # training images that re-estimate BatchNorm statistics after each surgery (0: none)
 
     def __post_init__(self) -> None:
         if (self.target is None) == (self.drop is None):
@@ -70,6 +72,8 @@ class DynamicPruning:
                               f"{self.upper}")
         if self.tolerance <= 0 or self.iterations < 1 or self.min_channels < 1:
             raise ConfigError("tolerance must be > 0, iterations and min_channels >= 1")
+        if self.recalibrate < 0:
+            raise ConfigError(f"recalibrate is a number of training images (0: none); got {self.recalibrate}")
         object.__setattr__(self, "skip", tuple(self.skip))
 
 
@@ -203,7 +207,7 @@ class _RunLog:
 def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: DynamicPruning,
                   meta: ModelMeta, run_dir: str | Path, *, recover: bool = False,
                   training: dict[str, Any] | None = None, device: torch.device | str = "cpu",
-                  say: Callable[[str], None] | None = None) -> DynamicResult:
+                  say: Callable[[str], None] | None = None, recalibration: Iterable | None = None) -> DynamicResult:
     """Run the dynamic pruning; the caller's model is not changed.
 
     `evaluator` holds the validation split: it measures channel sparsity and judges every trial. `finetune` is
@@ -211,13 +215,19 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
     stage "recover" for each iteration's winner. Writes `run_dir/state.json`, one model file per trial (and per
     recovered winner), and `run_dir/pruned.pt`. `training` describes what the fine-tunes do (epochs, images,
     learning rate...): a run resumed with other training is refused rather than mixed. More `iterations`
-    extend a run; fewer are refused. `say(text)` hears one line per trial.
+    extend a run; fewer are refused. `say(text)` hears one line per trial. With `config.recalibrate`, every
+    pruned trial's BatchNorm statistics are re-estimated on that many images of `recalibration` (training
+    batches, in a fixed order) before it is judged or fine-tuned.
     """
+    if config.recalibrate and recalibration is None:
+        raise ConfigError("recalibrating BatchNorm after each surgery needs training batches (recalibration=...)")
     say = say or (lambda text: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     settings["subject"] = run_digest(model, evaluator)
+    if not config.recalibrate:
+        del settings["recalibrate"]  # (absent when off: runs from before this option still resume)
     if recover:
         settings["recover"] = True  # (absent otherwise: runs from before this option still resume)
     if training:
@@ -249,7 +259,7 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
             if rec is None:
                 plan = sparsity_plan(sparsity, threshold, config.min_channels, groups)
                 rec = log.add_trial(_trial(graph, plan, it, threshold, target, accuracy, evaluator, finetune,
-                                           meta, run))
+                                           meta, run, (recalibration, config.recalibrate)))
             say(f"iteration {it + 1}, threshold {threshold:.4f}: {rec.removed} channels removed, accuracy "
                 f"{rec.accuracy:.2%} {'meets' if rec.passed else 'misses'} {target:.2%}")
             if rec.passed and rec.removed and (best is None or rec.macs < best.macs):
@@ -272,13 +282,18 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
 
 
 def _trial(graph: ChannelGraph, plan: dict[str, list[int]], iteration: int, threshold: float, target: float,
-           accuracy: float, evaluator: Evaluator, finetune: Finetune, meta: ModelMeta, run: Path) -> TrialRecord:
-    """Prune the graph's model by `plan`, fine-tune it, keep the better weights, and save it."""
+           accuracy: float, evaluator: Evaluator, finetune: Finetune, meta: ModelMeta, run: Path,
+           recalibration: tuple[Iterable | None, int] = (None, 0)) -> TrialRecord:
+    """Prune the graph's model by `plan` (recalibrating its BatchNorms if asked), fine-tune it, keep the better
+    weights, and save it."""
     shape = tuple(meta.input_shape)
     if not plan:
         return TrialRecord(iteration, threshold, removed=0, passed=True, accuracy=accuracy,
                            macs=count_macs(graph.model, shape), model=None)
     pruned = apply_plan(graph, plan).model
+    batches, images = recalibration
+    if images:
+        recalibrate_batchnorm(pruned, batches, images)
     before = evaluator.evaluate(pruned).accuracy
     kept = copy.deepcopy(pruned.state_dict())
     finetune("trial", pruned, tag=f"it{iteration}-p{threshold:.4f}")
