@@ -596,3 +596,33 @@ def test_pruned_streams_deep_compress_and_reload(tmp_path):
     loaded, _ = load_compressed(path)
     assert torch.equal(loaded.layer3[0].shortcut.index, shared.layer3[0].shortcut.index)
     assert torch.equal(loaded(X), shared.eval()(X))
+
+
+class PartialResidual(nn.Module):
+    """ReXNet's block: widen the channels, add the input to the first ones only (a concatenation of the two)."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.cin = cin
+        self.conv = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.cat([y[:, :self.cin] + x, y[:, self.cin:]], 1)
+
+
+def test_a_coupling_walk_that_never_ends_is_cut_and_reported():
+    """Torch-Pruning's walk over coupled layers revisits a layer whenever the indices reaching it differ; chained
+    partial residual additions multiply the variants with every block (ReXNet's 16 blocks hang it). cnnzip stops
+    such walks and reports them."""
+    import time
+
+    blocks = [PartialResidual(8 + 4 * i, 12 + 4 * i) for i in range(8)]
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), *blocks,
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(40, 10)).eval()
+    start = time.perf_counter()
+    graph = analyze(model, torch.zeros(1, 3, 16, 16))
+    assert time.perf_counter() - start < 30
+    runaway = [k for k, v in graph.excluded.items() if "does not end" in v]
+    assert "10.conv.0" in runaway and len(runaway) >= 4
+    assert all(g.name not in runaway for g in graph.groups)
