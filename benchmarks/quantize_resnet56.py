@@ -55,6 +55,7 @@ def main() -> None:
                     "epochs of quantization-aware training (fake-quantized accuracy, and the int8 file's)")
     ap.add_argument("--cnnz", action="store_true", help="also deep-compress the same model (70%% sparse, 6-bit conv, "
                     "5-bit fc, no fine-tune) for its file size beside the int8 files")
+    ap.add_argument("--out-name", default=None, help="results/<name>.json (default quantize_<arch>)")
     ap.add_argument("--nncf-python", default="/tmp/nncf-venv/bin/python", help="a Python with nncf, onnx and "
                     "onnxruntime (NNCF's ONNX backend); a missing one skips NNCF")
     args = ap.parse_args()
@@ -116,7 +117,7 @@ def main() -> None:
     print(table(rows))
     if qat:
         print(json.dumps(qat, indent=2))
-    save(f"quantize_{args.arch}", {"rows": rows, "qat_4bit": qat, "nncf": nncf if not isinstance(nncf, Path) else "ran",
+    save(args.out_name or f"quantize_{args.arch}", {"args": vars(args), "rows": rows, "qat_4bit": qat, "nncf": nncf if not isinstance(nncf, Path) else "ran",
                                "calibration_images": args.calibration_images, "rounds": args.rounds,
                                "threads": args.threads, "data": "CIFAR-10 JPEG; val/test = stratified halves "
                                "of the test split (seed 0); calibration = training images (seed 0)",

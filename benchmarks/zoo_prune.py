@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--jobs", type=int, default=2, help="models pruned side by side, one thread each")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--merge", action="store_true", help="replace only these models' rows in results/zoo_prune.json "
+                    "(each row is still both tools side by side; the file lists when each row was rerun)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: model,tool in this process
     args = ap.parse_args()
     if args.one:
@@ -71,12 +73,19 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = dict(zip(names, pool.map(both, names), strict=True))
-    print(table(rows))
     sys.path.insert(0, str(Path(__file__).parent))
-    from _common import save
+    from _common import RESULTS, environment, save
 
+    extra = {}
+    if args.merge:
+        old = json.loads((RESULTS / "zoo_prune.json").read_text())
+        extra["rerun"] = {**old.get("rerun", {}), **{n: {"environment": environment(), "timeout": args.timeout,
+                                                        "versions": versions()} for n in names}}
+        rows = {**old["rows"], **rows}
+        args.timeout, args.jobs, extra["environment_of_the_rest"] = old["timeout"], old["jobs"], old["environment"]
+    print(table(rows))
     save("zoo_prune", {"ratio": RATIO, "timeout": args.timeout, "jobs": args.jobs, "rows": rows,
-                       "versions": versions(), "table": table(rows)})
+                       "versions": versions(), "table": table(rows), **extra})
 
 
 def versions() -> dict:
