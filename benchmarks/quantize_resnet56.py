@@ -3,6 +3,8 @@
     python benchmarks/quantize_resnet56.py                 # cnnzip, ONNX Runtime directly, NNCF (if set up)
     python benchmarks/quantize_resnet56.py --pruned         # also: FPGM-pruned ResNet-56 (45% fewer MACs) + int8
     python benchmarks/quantize_resnet56.py --pruned --macs-reduction 0.4 --round-to 1,16 --finetune-epochs 2
+    python benchmarks/quantize_resnet56.py --pruned --residual-stream --round-to 16 --finetune-epochs 3 --distill \
+        --out-name quantize_resnet56_streams     # the residual streams pruned too (through the option-A shortcuts)
 
 Everything runs on the same model, the same 512 calibration images (training images, seed 0) and the same
 evaluation halves of the CIFAR-10 JPEG test split (stratified, seed 0): decisions and "val" on one half, "test"
