@@ -80,6 +80,7 @@ class ChannelGraph:
     _dg: object = None
     _roots: dict[str, tuple[nn.Module, object]] = field(default_factory=dict)
     _names: dict[nn.Module, str] = field(default_factory=dict)
+    _reference: nn.Module | None = None  # a float64 copy of the model while many surgeries are checked
 
     def group(self, name: str) -> ChannelGroup:
         for g in self.groups:
@@ -149,6 +150,38 @@ class ChannelGraph:
             else:
                 handler(modules[name], sorted(idxs))
         return pruned
+
+    def masked_output(self, plan: dict[str, Sequence[int]], x: torch.Tensor) -> torch.Tensor:
+        """What the model with `plan`'s channels zeroed computes on `x`, in float64 on the CPU.
+
+        Only the layers the plan touches are copied and zeroed, inside a float64 copy of the model (`_reference`,
+        kept for later checks unless the model is large); they are put back afterwards.
+        """
+        ref = self._reference
+        if ref is None:
+            ref = copy.deepcopy(self.model).cpu().double().eval()
+            if sum(p.numel() for p in ref.parameters()) <= REFERENCE_KEPT_UP_TO:
+                self._reference = ref
+        modules = dict(ref.named_modules())
+        swapped: dict[str, nn.Module] = {}
+        try:
+            with torch.no_grad():
+                for name, idxs in plan.items():
+                    if len(idxs) == 0:
+                        continue
+                    for layer, _module, kind, mapped in self.items(name, idxs):
+                        rule = rule_for(modules[layer])
+                        if rule is None:  # no channel parameters (activations, pooling)
+                            continue
+                        if layer not in swapped:
+                            swapped[layer] = modules[layer]
+                            modules[layer] = copy.deepcopy(modules[layer])
+                            ref.set_submodule(layer, modules[layer])
+                        rule.zero(modules[layer], kind, mapped)
+                return ref(x.detach().cpu().double())
+        finally:
+            for layer, original in swapped.items():
+                ref.set_submodule(layer, original)
 
     def masked_copy(self, plan: dict[str, Sequence[int]]) -> nn.Module:
         """A deep copy with the same channels zeroed instead of removed: what the pruned model must equal."""
@@ -342,24 +375,27 @@ def check_equivalent(a: nn.Module, b: nn.Module, x: torch.Tensor, *, fresh: bool
     correct surgery from a wrong one that barely moves the outputs, whatever device (TF32, AMP) the model is on.
     With `fresh`, `a` and `b` are throwaway copies already and are converted in place.
     """
-    x = x.detach().cpu().double()
-
-    def prepare(m: nn.Module) -> nn.Module:
-        return (m if fresh else copy.deepcopy(m)).cpu().double().eval()
-
     with torch.no_grad():
-        ya = prepare(a)(x)
+        ya = (a if fresh else copy.deepcopy(a)).cpu().double().eval()(x.detach().cpu().double())
+    return compare_outputs(ya, b if fresh else copy.deepcopy(b), x)
+
+
+def compare_outputs(expected: torch.Tensor, model: nn.Module, x: torch.Tensor) -> float | None:
+    """Largest difference between `expected` (float64) and `model`(x) run in float64, relative to the expected
+    scale; None if `model` fails or changes the shape. `model` is converted to float64 on the CPU in place."""
+    with torch.no_grad():
         try:
-            yb = prepare(b)(x)
+            got = model.cpu().double().eval()(x.detach().cpu().double())
         except SURGERY_ERRORS:  # a broken surgery can fail in many ways; the caller reports it
             return None
-    if not isinstance(ya, torch.Tensor) or not isinstance(yb, torch.Tensor) or ya.shape != yb.shape:
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor) or expected.shape != got.shape:
         return None
-    scale = float(ya.abs().max()) or 1.0
-    return float((ya - yb).abs().max()) / scale
+    scale = float(expected.abs().max()) or 1.0
+    return float((expected - got).abs().max()) / scale
 
 
 TOLERANCE = 1e-9  # relative, in float64
+REFERENCE_KEPT_UP_TO = 50_000_000  # parameters: a graph keeps its model's float64 copy (8 bytes each) up to this
 
 
 @dataclass
@@ -379,13 +415,13 @@ def attempt(graph: ChannelGraph, plan: dict[str, Sequence[int]], x: torch.Tensor
     """Remove the channels of `plan` from a copy and compare it with the masked original on `x`."""
     try:
         pruned = graph.pruned_copy(plan)
-        masked = graph.masked_copy(plan)
+        expected = graph.masked_output(plan, x)
     except ConfigError:
         raise
     except SURGERY_ERRORS as exc:  # Torch-Pruning can fail in many ways on channels it maps wrong
         return Surgery(None, None, f"surgery failed ({type(exc).__name__}: {str(exc)[:120]})")
-    kept = {k: (t.dtype, t.device) for k, t in _tensors(pruned)}  # the check converts both copies in place
-    err = check_equivalent(masked, pruned, x, fresh=True)
+    kept = {k: (t.dtype, t.device) for k, t in _tensors(pruned)}  # the check converts the copy in place
+    err = compare_outputs(expected, pruned, x)
     if err is None:
         return Surgery(None, None, "the pruned model fails or changes its output shape")
     with torch.no_grad():
@@ -409,12 +445,19 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     def trial(names: list[str]) -> str | None:
         return attempt(graph, {n: _probe_channels(graph.group(n)) for n in names}, x).problem
 
-    failed.update(find_failing(trusted, trial))
-    # Groups coupled through unfamiliar operations are tried together too, and bisected only when that fails:
-    # a model of such groups (ConvNeXt's permutes, EfficientNet's squeeze-excite) costs a few surgeries, not one
-    # per group.
-    for name, reason in find_failing(list(suspicious), trial).items():
-        failed[name] = f"{reason}; {suspicious[name]}"
+    large = graph._reference is None and sum(p.numel() for p in graph.model.parameters()) > REFERENCE_KEPT_UP_TO
+    if large:  # one float64 copy for every trial below, dropped after them
+        graph._reference = copy.deepcopy(graph.model).cpu().double().eval()
+    try:
+        failed.update(find_failing(trusted, trial))
+        # Groups coupled through unfamiliar operations are tried together too, and bisected only when that
+        # fails: a model of such groups (ConvNeXt's permutes, EfficientNet's squeeze-excite) costs a few
+        # surgeries, not one per group.
+        for name, reason in find_failing(list(suspicious), trial).items():
+            failed[name] = f"{reason}; {suspicious[name]}"
+    finally:
+        if large:
+            graph._reference = None
     for name, reason in failed.items():
         graph.excluded[name] = reason
     graph.groups = [g for g in graph.groups if g.name not in failed]
