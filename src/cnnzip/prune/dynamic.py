@@ -217,7 +217,7 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
     learning rate...): a run resumed with other training is refused rather than mixed. More `iterations`
     extend a run; fewer are refused. `say(text)` hears one line per trial. With `config.recalibrate`, every
     pruned trial's BatchNorm statistics are re-estimated on that many images of `recalibration` (training
-    batches, in a fixed order) before it is judged or fine-tuned.
+    batches, in a fixed order) before it is judged or fine-tuned, unless the original statistics score better.
     """
     if config.recalibrate and recalibration is None:
         raise ConfigError("recalibrating BatchNorm after each surgery needs training batches (recalibration=...)")
@@ -284,17 +284,22 @@ def dynamic_prune(model: nn.Module, evaluator: Evaluator, finetune: Finetune, co
 def _trial(graph: ChannelGraph, plan: dict[str, list[int]], iteration: int, threshold: float, target: float,
            accuracy: float, evaluator: Evaluator, finetune: Finetune, meta: ModelMeta, run: Path,
            recalibration: tuple[Iterable | None, int] = (None, 0)) -> TrialRecord:
-    """Prune the graph's model by `plan` (recalibrating its BatchNorms if asked), fine-tune it, keep the better
-    weights, and save it."""
+    """Prune the graph's model by `plan`, recalibrate its BatchNorms if asked (keeping the statistics that score
+    better), fine-tune it, keep the better weights, and save it."""
     shape = tuple(meta.input_shape)
     if not plan:
         return TrialRecord(iteration, threshold, removed=0, passed=True, accuracy=accuracy,
                            macs=count_macs(graph.model, shape), model=None)
     pruned = apply_plan(graph, plan).model
-    batches, images = recalibration
-    if images:
-        recalibrate_batchnorm(pruned, batches, images)
     before = evaluator.evaluate(pruned).accuracy
+    batches, images = recalibration
+    if images:  # light pruning can leave the original statistics better than a few hundred images' (BENCHMARKS)
+        raw = copy.deepcopy(pruned.state_dict())
+        recalibrate_batchnorm(pruned, batches, images)
+        recalibrated = evaluator.evaluate(pruned).accuracy
+        if recalibrated < before:
+            pruned.load_state_dict(raw)
+        before = max(before, recalibrated)
     kept = copy.deepcopy(pruned.state_dict())
     finetune("trial", pruned, tag=f"it{iteration}-p{threshold:.4f}")
     pruned.cpu().eval()
