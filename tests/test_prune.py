@@ -64,6 +64,24 @@ def test_every_zoo_model_prunes_and_verifies(name):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller's model untouched
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_pruned_model_owns_its_memory(dtype):
+    """Trials share the original's tensors to stay cheap; the model handed back must not: training it (BatchNorm
+    counters and running statistics included) leaves the caller's model as it was, in float32 and float64."""
+    model = _randomise_bn(create_model("resnet20", width=0.25)).to(dtype)
+    before = _state(model)
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.3), X.to(dtype))
+    pruned = result.model.train()
+    originals = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    assert all(t.untyped_storage().data_ptr() not in originals
+               for t in list(pruned.parameters()) + list(pruned.buffers()))
+    assert all(t.dtype == before[k].dtype for k, t in pruned.state_dict().items() if k in before)
+    optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1)
+    pruned(torch.randn(4, 3, 32, 32, dtype=dtype)).sum().backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_vgg_surgery_equals_zeroing_by_hand():
     model = _randomise_bn(create_model("vgg11", width=0.25))
     result = prune_channels(model, ChannelPruning(method="l2", ratio=0.5), X)
@@ -411,6 +429,20 @@ def test_probes_are_small_when_the_model_takes_any_size():
     assert graph.probe.shape == (2, 3, 96, 96)
     result = prune_channels(fixed, ChannelPruning(method="l1", ratio=0.5), torch.randn(1, 3, 96, 96), graph=graph)
     assert result.model[0].out_channels == 2 and result.max_error <= 1e-9
+    # A model that needs more than 64 pixels (Inception shrinks its input 32x before a 3x3 valid conv) gets the
+    # next size that runs; nothing larger.
+    deep = nn.Sequential(nn.Conv2d(3, 4, 3, stride=32), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 5))
+    assert analyze(deep, torch.randn(1, 3, 224, 224)).probe.shape == (2, 3, 96, 96)
+
+
+def test_a_conv_classifier_behind_a_flatten_keeps_its_class_scores():
+    """DLA's head: a 1x1 conv whose output, flattened, is the model's output: its channels are classes, left
+    out up front (not found by a failing trial)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Conv2d(8, 5, 1), nn.Flatten())
+    graph = analyze(_randomise_bn(model), X)
+    assert [g.name for g in graph.groups] == ["0"] and "4" not in graph.excluded
 
 
 def test_flatten_linear_shrinks_by_whole_spatial_blocks():

@@ -218,7 +218,8 @@ def apply_plan(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
     surgery = attempt(graph, plan, x)
     if not surgery.exact:
         # Each group passed its own trial on probe channels; these channels, or groups together, fail.
-        bad = find_failing(list(plan), lambda names: attempt(graph, {k: plan[k] for k in names}, x).problem)
+        bad = find_failing(list(plan), lambda names: attempt(graph, {k: plan[k] for k in names}, x,
+                                                             keep=False).problem)
         for name in bad:
             excluded[name] = "its surgery on these channels did not match the masked model; left untouched"
         plan = {k: v for k, v in plan.items() if k not in bad}
@@ -258,7 +259,7 @@ def prune_to_macs(
     for _ in range(max_steps):
         mid = (lo + hi) / 2
         try:
-            reduction = 1 - count_macs(graph.pruned_copy(plan_at(mid)), shape) / base
+            reduction = 1 - count_macs(graph.pruned_copy(plan_at(mid), share=True), shape) / base
         except ConfigError:
             raise
         except SURGERY_ERRORS:  # a surgery that fails here is not a usable ratio; prune less

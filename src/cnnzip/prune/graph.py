@@ -81,6 +81,18 @@ class ChannelGraph:
     _roots: dict[str, tuple[nn.Module, object]] = field(default_factory=dict)
     _names: dict[nn.Module, str] = field(default_factory=dict)
     _reference: nn.Module | None = None  # a float64 copy of the model while many surgeries are checked
+    _mapped: dict[tuple, list] = field(default_factory=dict)  # the last few `_pruning_group` answers
+
+    def _pruning_group(self, name: str, idxs: Sequence[int]) -> list:
+        """Torch-Pruning's group for removing root channels `idxs` ((dependency, mapped indices) pairs), cached:
+        a surgery and its check ask for the same groups, and mapping indices through concatenations is slow."""
+        key = (name, tuple(sorted(int(i) for i in idxs)))
+        if key not in self._mapped:
+            if len(self._mapped) > 4096:
+                self._mapped.clear()
+            module, fn = self._roots[name]
+            self._mapped[key] = list(self._dg.get_pruning_group(module, fn, list(key[1])))
+        return self._mapped[key]
 
     def group(self, name: str) -> ChannelGroup:
         for g in self.groups:
@@ -102,18 +114,20 @@ class ChannelGraph:
         Only real layers are listed (with parameters, or a rule of their own); operations are skipped. Indices are mapped through
         concatenations and flattens by Torch-Pruning.
         """
-        module, fn = self._roots[name]
-        group = self._dg.get_pruning_group(module, fn, [int(i) for i in idxs])
         out = []
-        for dep, mapped in group:
+        for dep, mapped in self._pruning_group(name, idxs):
             target = dep.target.module
             if _has_channels(target):
                 kind = "out" if self._dg.is_out_channel_pruning_fn(dep.handler) else "in"
                 out.append((self._names[target], target, kind, [int(i) for i in mapped]))
         return out
 
-    def pruned_copy(self, plan: dict[str, Sequence[int]]) -> nn.Module:
+    def pruned_copy(self, plan: dict[str, Sequence[int]], *, share: bool = False) -> nn.Module:
         """A deep copy of the model with the channels in `plan` (root name -> indices) physically removed.
+
+        With `share`, the copy's untouched parameters and buffers are the original's tensors (new `Parameter`
+        objects over the same memory), which makes a throwaway trial cheap; such a copy must never be trained or
+        changed in place.
 
         The model is traced once (in `analyze`): each group's Torch-Pruning handlers and channel indices are read
         from that graph, in the original model's numbering, merged per layer, and applied to a copy, one call per
@@ -130,8 +144,7 @@ class ChannelGraph:
             group_def = self.group(name)
             if len(set(idxs)) >= group_def.size:
                 raise ConfigError(f"cannot remove all {group_def.size} channels of {name}")
-            module, fn = self._roots[name]
-            for dep, mapped in self._dg.get_pruning_group(module, fn, sorted(int(i) for i in idxs)):
+            for dep, mapped in self._pruning_group(name, idxs):
                 target = dep.target.module
                 if dep.target.type == tp.ops.OPTYPE.PARAMETER:
                     key = (params[target], "parameter")
@@ -140,7 +153,7 @@ class ChannelGraph:
                 else:  # an operation of the traced graph (concatenation, split...): nothing to cut in the model
                     continue
                 cuts.setdefault(key, (dep.handler, set()))[1].update(int(i) for i in mapped)
-        pruned = copy.deepcopy(self.model).eval()
+        pruned = (_shared_copy(self.model) if share else copy.deepcopy(self.model)).eval()
         modules = dict(pruned.named_modules())
         for (name, kind), (handler, idxs) in cuts.items():
             if kind == "parameter":
@@ -154,16 +167,18 @@ class ChannelGraph:
     def masked_output(self, plan: dict[str, Sequence[int]], x: torch.Tensor) -> torch.Tensor:
         """What the model with `plan`'s channels zeroed computes on `x`, in float64 on the CPU.
 
-        Only the layers the plan touches are copied and zeroed, inside a float64 copy of the model (`_reference`,
-        kept for later checks unless the model is large); they are put back afterwards.
+        The plan's channels are zeroed inside a float64 copy of the model (`_reference`, kept for later checks
+        unless the model is large) and put back afterwards: a conv, linear or norm layer's values are copied back
+        from the original (exact: float64 holds them); any other layer is swapped for a zeroed copy of itself.
         """
         ref = self._reference
         if ref is None:
-            ref = copy.deepcopy(self.model).cpu().double().eval()
+            ref = _float64_copy(self.model)
             if sum(p.numel() for p in ref.parameters()) <= REFERENCE_KEPT_UP_TO:
                 self._reference = ref
         modules = dict(ref.named_modules())
         swapped: dict[str, nn.Module] = {}
+        edited: set[str] = set()
         try:
             with torch.no_grad():
                 for name, idxs in plan.items():
@@ -173,13 +188,20 @@ class ChannelGraph:
                         rule = rule_for(modules[layer])
                         if rule is None:  # no channel parameters (activations, pooling)
                             continue
-                        if layer not in swapped:
+                        if rule.in_place:
+                            edited.add(layer)
+                        elif layer not in swapped:
                             swapped[layer] = modules[layer]
                             modules[layer] = copy.deepcopy(modules[layer])
                             ref.set_submodule(layer, modules[layer])
                         rule.zero(modules[layer], kind, mapped)
                 return ref(x.detach().cpu().double())
         finally:
+            with torch.no_grad():
+                originals = dict(self.model.named_modules())
+                for layer in edited:
+                    for t, o in zip(_own_tensors(modules[layer]), _own_tensors(originals[layer]), strict=True):
+                        t.copy_(o)
             for layer, original in swapped.items():
                 ref.set_submodule(layer, original)
 
@@ -376,8 +398,8 @@ def check_equivalent(a: nn.Module, b: nn.Module, x: torch.Tensor, *, fresh: bool
     With `fresh`, `a` and `b` are throwaway copies already and are converted in place.
     """
     with torch.no_grad():
-        ya = (a if fresh else copy.deepcopy(a)).cpu().double().eval()(x.detach().cpu().double())
-    return compare_outputs(ya, b if fresh else copy.deepcopy(b), x)
+        ya = (a if fresh else _shared_copy(a)).cpu().double().eval()(x.detach().cpu().double())
+    return compare_outputs(ya, b if fresh else _shared_copy(b), x)
 
 
 def compare_outputs(expected: torch.Tensor, model: nn.Module, x: torch.Tensor) -> float | None:
@@ -411,10 +433,14 @@ class Surgery:
         return self.problem is None
 
 
-def attempt(graph: ChannelGraph, plan: dict[str, Sequence[int]], x: torch.Tensor) -> Surgery:
-    """Remove the channels of `plan` from a copy and compare it with the masked original on `x`."""
+def attempt(graph: ChannelGraph, plan: dict[str, Sequence[int]], x: torch.Tensor, *, keep: bool = True) -> Surgery:
+    """Remove the channels of `plan` from a copy and compare it with the masked original on `x`.
+
+    The copy starts from the original's tensors (nothing cloned) and the check converts it to float64; with `keep`
+    it is converted back and returned, owning all its memory. Without `keep` only the verdict is wanted.
+    """
     try:
-        pruned = graph.pruned_copy(plan)
+        pruned = graph.pruned_copy(plan, share=True)
         expected = graph.masked_output(plan, x)
     except ConfigError:
         raise
@@ -424,11 +450,45 @@ def attempt(graph: ChannelGraph, plan: dict[str, Sequence[int]], x: torch.Tensor
     err = compare_outputs(expected, pruned, x)
     if err is None:
         return Surgery(None, None, "the pruned model fails or changes its output shape")
+    problem = None if err <= TOLERANCE else f"the pruned model differs from the masked one by {err:.2e}"
+    if not keep:
+        return Surgery(None, err, problem)
+    original = {t.data_ptr() for _, t in _tensors(graph.model)}
     with torch.no_grad():
         for k, t in _tensors(pruned):  # back to each tensor's own dtype and device (exact: float64 holds them)
             t.data = t.data.to(device=kept[k][1], dtype=kept[k][0])
-    return Surgery(pruned, err, None if err <= TOLERANCE else f"the pruned model differs from the masked one by "
-                   f"{err:.2e}")
+            if t.data_ptr() in original:  # not converted (an integer counter, a float64 model): its own copy
+                t.data = t.data.clone()
+    return Surgery(pruned, err, problem)
+
+
+def _shared_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of the modules whose parameters and buffers alias the original's memory (nothing cloned).
+
+    Each tensor is a new tensor object over the same memory, so that reassigning `.data` in the copy (a dtype
+    conversion) leaves the original alone; Torch-Pruning's handlers build new tensors rather than edit in place.
+    """
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.data, requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = b.detach()
+    return copy.deepcopy(model, memo)
+
+
+def _float64_copy(model: nn.Module) -> nn.Module:
+    """An evaluation-mode float64 copy on the CPU that owns all its memory (converted, never cloned twice)."""
+    original = {t.data_ptr() for t in _own_tensors(model, recurse=True)}
+    ref = _shared_copy(model).cpu().double().eval()
+    with torch.no_grad():
+        for t in _own_tensors(ref, recurse=True):
+            if t.data_ptr() in original:
+                t.data = t.data.clone()
+    return ref
+
+
+def _own_tensors(module: nn.Module, recurse: bool = False) -> list[torch.Tensor]:
+    return [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
 
 
 def _tensors(model: nn.Module):
@@ -443,11 +503,11 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     failed: dict[str, str] = {}
 
     def trial(names: list[str]) -> str | None:
-        return attempt(graph, {n: _probe_channels(graph.group(n)) for n in names}, x).problem
+        return attempt(graph, {n: _probe_channels(graph.group(n)) for n in names}, x, keep=False).problem
 
     large = graph._reference is None and sum(p.numel() for p in graph.model.parameters()) > REFERENCE_KEPT_UP_TO
     if large:  # one float64 copy for every trial below, dropped after them
-        graph._reference = copy.deepcopy(graph.model).cpu().double().eval()
+        graph._reference = _float64_copy(graph.model)
     try:
         failed.update(find_failing(trusted, trial))
         # Groups coupled through unfamiliar operations are tried together too, and bisected only when that
@@ -502,33 +562,38 @@ def _probe_channels(group: ChannelGroup) -> list[int]:
     return [b * units + p for b in range(group.blocks) for p in positions]
 
 
-PROBE_SIZE = 64
+PROBE_SIZES = (64, 96, 128)
 
 
 def probe_input(example: torch.Tensor, model: nn.Module | None = None,
                 output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """A seeded random batch (at least 2) shaped like `example`, on which surgeries are checked.
 
-    With `model`, images larger than PROBE_SIZE are probed at PROBE_SIZE when the model takes that size with an
-    output of the same shape: a channel's coupling does not depend on the resolution, and the float64 checks
+    With `model`, images are probed at the smallest of PROBE_SIZES below their own size that the model takes with
+    an output of the same shape: a channel's coupling does not depend on the resolution, and the float64 checks
     then cost a fraction (224 -> 64: 12x fewer positions). A model whose outputs depend on the size (a flatten
-    before a linear layer) keeps the full size.
+    before a linear layer) keeps the full size; one that shrinks its input a lot (Inception) gets a larger probe.
     """
     g = torch.Generator().manual_seed(0)
     shape = (max(2, example.shape[0]), *example.shape[1:])
     full = torch.randn(shape, generator=g, dtype=example.dtype).to(example.device)
-    if model is None or example.dim() != 4 or max(example.shape[2:]) <= PROBE_SIZE:
+    if model is None or example.dim() != 4:
         return full
-    small = full[..., :min(PROBE_SIZE, shape[2]), :min(PROBE_SIZE, shape[3])].contiguous()
-    try:
-        with torch.no_grad():
-            y_small = model(small[:1])
-            if output_shape is None:
-                output_shape = tuple(model(full[:1]).shape)
-    except SURGERY_ERRORS:
-        return full
-    same = isinstance(y_small, torch.Tensor) and tuple(y_small.shape[1:]) == tuple(output_shape[1:])
-    return small if same else full
+    for size in PROBE_SIZES:
+        if size >= max(example.shape[2:]):
+            break
+        small = full[..., :min(size, shape[2]), :min(size, shape[3])].contiguous()
+        try:
+            with torch.no_grad():
+                y_small = model(small[:1])
+                if output_shape is None:
+                    output_shape = tuple(model(full[:1]).shape)
+        except SURGERY_ERRORS:
+            continue
+        if isinstance(y_small, torch.Tensor) and tuple(y_small.shape[1:]) == tuple(output_shape[1:]):
+            return small
+        break  # the output depends on the size
+    return full
 
 
 def _channelwise(grad_fn) -> bool:
@@ -549,15 +614,16 @@ def _op_name(grad_fn) -> str:
 
 
 def _output_layers(model: nn.Module, x: torch.Tensor) -> tuple[set[str], tuple[int, ...] | None]:
-    """Names of layers whose output tensor is the model's output (their channels are class scores), and the shape
-    of that output (None if it is not one tensor)."""
-    outputs: dict[int, str] = {}
-    alive: list[torch.Tensor] = []  # keep every output alive, so that no id is reused by a later tensor
+    """Names of layers whose output tensor is the model's output, or a view of it (a 1x1 conv classifier and a
+    flatten): their channels are class scores. Also the shape of that output (None if it is not one tensor)."""
+    outputs: dict[tuple[int, int], str] = {}
+    alive: list[torch.Tensor] = []  # keep every output alive, so that no memory is reused by a later tensor
 
     def remember(name):
         def hook(module, inputs, output):
-            alive.append(output)
-            outputs.setdefault(id(output), name)  # a forward hook must return None, or it replaces the output
+            if isinstance(output, torch.Tensor):
+                alive.append(output)
+                outputs.setdefault(_memory(output), name)  # a forward hook must return None, or it replaces it
         return hook
 
     handles = [m.register_forward_hook(remember(n))
@@ -567,8 +633,14 @@ def _output_layers(model: nn.Module, x: torch.Tensor) -> tuple[set[str], tuple[i
     finally:
         for h in handles:
             h.remove()
-    ys = y if isinstance(y, (tuple, list)) else (y,)
-    return {outputs[id(t)] for t in ys if id(t) in outputs}, tuple(y.shape) if isinstance(y, torch.Tensor) else None
+    ys = [t for t in (y if isinstance(y, (tuple, list)) else (y,)) if isinstance(t, torch.Tensor)]
+    return ({outputs[_memory(t)] for t in ys if _memory(t) in outputs},
+            tuple(y.shape) if isinstance(y, torch.Tensor) else None)
+
+
+def _memory(t: torch.Tensor) -> tuple[int, int]:
+    """Where a tensor's values live, and how many: the same for a tensor and a reshaped view of all of it."""
+    return t.untyped_storage().data_ptr(), t.numel()
 
 
 class _record_op_owners:

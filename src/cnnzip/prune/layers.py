@@ -40,6 +40,7 @@ class LayerRule:
 
     zero: Zero
     pruner: object | None = None
+    in_place: bool = False  # zero only writes into the layer's own tensors: copying them back undoes it
 
 
 def _zero_conv(module: nn.Module, kind: str, idxs: list[int]) -> None:
@@ -132,9 +133,9 @@ def _pad_shortcut_pruner():
 
 
 _RULES: dict[type, LayerRule] = {
-    nn.modules.conv._ConvNd: LayerRule(_zero_conv),
-    nn.Linear: LayerRule(_zero_linear),
-    nn.modules.batchnorm._BatchNorm: LayerRule(_zero_norm),
+    nn.modules.conv._ConvNd: LayerRule(_zero_conv, in_place=True),
+    nn.Linear: LayerRule(_zero_linear, in_place=True),
+    nn.modules.batchnorm._BatchNorm: LayerRule(_zero_norm, in_place=True),
     PadShortcut: LayerRule(_zero_pad_shortcut, _pad_shortcut_pruner),  # pruner: a factory (Torch-Pruning is lazy)
 }
 _USER: dict[type, LayerRule] = {}
