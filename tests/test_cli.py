@@ -216,6 +216,13 @@ def test_a_folder_holding_another_run_is_never_overwritten_silently(tmp_path, ca
     assert "resuming the run in" in capsys.readouterr().err
     assert main([*train, "--lr", "0.2", "--overwrite"]) == 0
     assert json.loads((out / "run.json").read_text())["settings"]["lr"] == 0.2
+    # A run saved before an option existed resumes while the option keeps its default, not with another value.
+    saved = json.loads((out / "run.json").read_text())
+    del saved["settings"]["seed"]
+    (out / "run.json").write_text(json.dumps(saved))
+    assert main([*train, "--lr", "0.2", "--seed", "3"]) == 2
+    assert "other settings (--seed)" in capsys.readouterr().err
+    assert main([*train, "--lr", "0.2"]) == 0
     # A folder of files that are not a cnnzip run is refused, even with --overwrite.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
@@ -273,6 +280,17 @@ def test_search_command_finds_and_resumes(tmp_path, capsys, digits_model):
     trials = [json.loads(line) for line in (tmp_path / "v" / "trials.jsonl").read_text().splitlines()]
     trials = [t for t in trials if t.get("kind") != "size"]
     assert trials and max(t["images"] for t in trials) == 40
+    # --recover-images: every candidate fine-tuned on 200 training images (distilled from MODEL) before its check;
+    # the per-candidate checkpoints are gone when the search ends, and the winner is the recovered candidate.
+    rec = [*args[:-1], str(tmp_path / "r"), "--recover-images", "200", "--recover-distill", "--no-progress"]
+    assert main(rec) == 0
+    saved = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert saved["cost"]["recovery_seconds"] > 0 and not (tmp_path / "r" / "recovery").exists()
+    assert saved["final_accuracy"] >= saved["target"]
+    records = [json.loads(line) for line in (tmp_path / "r" / "trials.jsonl").read_text().splitlines()]
+    assert all(r["recovery"]["distill"] and r["recovery"]["images"] == 200 for r in records)
+    assert main([*rec[:-4], "--recover-images=-5"]) == 2
+    assert "--recover-images" in capsys.readouterr().err
 
 
 def test_dynamic_prune_and_fuse_commands(tmp_path, capsys, monkeypatch):
@@ -412,3 +430,33 @@ def test_prune_recalibrates_batchnorm_unless_told_not_to(tmp_path, capsys, digit
     assert not torch.equal(stats[300][1], raw)  # re-estimated for the narrower inputs
     assert main(["prune", str(path), "--ratio", "0.5", "--recalibrate", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "--recalibrate" in capsys.readouterr().err
+
+
+def test_recalibration_batches_are_training_images_augmented_as_in_training():
+    """BatchNorm statistics are re-estimated on what the model was trained on: a fixed subset of the training
+    split, cropped and flipped as `train` does (unless --no-augment), the same batches every time."""
+    import argparse
+    from types import SimpleNamespace
+
+    from cnnzip.cli.options import Prepared
+    from cnnzip.data import Split
+
+    gen = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.arange(100) % 4)
+    data = SimpleNamespace(image_size=(32, 32))
+
+    def job(no_augment):
+        return Prepared(argparse.Namespace(seed=0, no_augment=no_augment), torch.device("cpu"), data, train, None,
+                        torch.nn.Identity(), None, (0.5,) * 3, (0.25,) * 3)
+
+    clean = torch.cat(job(True).recalibration(40))
+    augmented = torch.cat(job(False).recalibration(40))
+    assert clean.shape == augmented.shape == (40, 3, 32, 32)
+    assert torch.equal(augmented, torch.cat(job(False).recalibration(40)))  # seeded: the same every time
+    # The same 40 images, in the same order, with crops and flips: never pixel-identical to the clean ones.
+    assert not torch.equal(augmented, clean)
+    # Flipped or shifted, each augmented image still comes from the clean image in its place.
+    for a, c in zip(augmented, clean, strict=True):
+        candidates = [c, c.flip(-1)]
+        assert any(torch.equal(a[:, 8:24, 8:24], shifted) for x in candidates
+                   for shifted in (x[:, 8 + dy:24 + dy, 8 + dx:24 + dx] for dy in range(-4, 5) for dx in range(-4, 5)))

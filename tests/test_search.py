@@ -9,6 +9,7 @@ import torch
 
 from cnnzip.data import Loader, load_digits, train_val_split
 from cnnzip.errors import ConfigError
+from cnnzip.finetune import Finetuner
 from cnnzip.io import ModelMeta, load
 from cnnzip.measure import Evaluator
 from cnnzip.models import create_model
@@ -248,8 +249,10 @@ def test_recalibrated_candidates_carry_statistics_of_the_training_images(digits_
     ds = load_digits()
     train, _ = train_val_split(ds.train, val_size=0.2, seed=0)
     calibration = [x.numpy() for x, _ in Loader(train.subset(range(256)), 32, mean=ds.mean, std=ds.std)]
-    with pytest.raises(ConfigError, match="calibration batches"):
+    with pytest.raises(ConfigError, match="batches of training images"):
         Compressor(model, Pipeline(order="ns-dc", recalibrate=256), meta)
+    with pytest.raises(ConfigError, match="calibration batches"):
+        Compressor(model, Pipeline(order="ns", quantize="int8"), meta, recalibration=calibration)
     with pytest.raises(ConfigError, match="training images"):
         Pipeline(recalibrate=-1)
     plain = Compressor(model, Pipeline(order="ns-dc", structured="l1", conv_bits=4, fc_bits=4), meta)
@@ -266,8 +269,53 @@ def test_recalibrated_candidates_carry_statistics_of_the_training_images(digits_
                                                      strict=True))
     cfg = SearchConfig(pipeline=Pipeline(order="ns", structured="l1", recalibrate=256), strategy="bisect",
                        drop=0.03, step=0.2, max_ratio=0.8)
-    result = search(model, val, meta, cfg, tmp_path / "run", calibration=calibration)
+    result = search(model, val, meta, cfg, tmp_path / "run", recalibration=calibration)
     records = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert records and all(r["recalibrate"] == 256 for r in records)  # never replayed as raw trials
     loaded, _ = load(result.path)
     assert val.evaluate(loaded).accuracy == result.best.accuracy  # the file holds the recalibrated statistics
+
+
+def test_recovery_aware_trials_judge_each_candidate_after_a_short_fine_tune(digits_model, tmp_path):
+    """With recovery, every candidate is fine-tuned (stage "final", its zeros held) before its check; the records
+    say how, and how long it took; a killed search resumes with the same trials; the winner is the recovered
+    candidate."""
+    model, val, meta = digits_model
+    ds = load_digits()
+    train, _ = train_val_split(ds.train, val_size=0.2, seed=0)
+    batches = Loader(train.subset(range(300)), 64, shuffle=True, mean=ds.mean, std=ds.std)
+    calls = []
+    recovery = Finetuner(batches, {"final": 1}, TrainConfig(lr=0.01), run_dir=tmp_path / "ckpt",
+                         on_start=lambda stage, m: calls.append(stage))
+
+    cfg = SearchConfig(pipeline=Pipeline(order="ns-dc", structured="l1", conv_bits=4, fc_bits=4), strategy="grid",
+                       drop=0.02, step=0.3, max_ratio=0.6, recovery_images=300)
+    with pytest.raises(ConfigError, match="recovery"):
+        search(model, val, meta, cfg, tmp_path / "x")  # the config says recovery, no recovery given
+    with pytest.raises(ConfigError, match="recovery_images"):
+        SearchConfig(drop=0.01, recovery_distill=True)
+    # The unpruned candidate is recovered on a copy: the model every candidate starts from stays as it was.
+    compressor = Compressor(model, cfg.pipeline, meta)
+    before = copy.deepcopy(compressor.model.state_dict())
+    compressor.build((0.0, 0.0), finetune=recovery)
+    assert all(torch.equal(before[k], v) for k, v in compressor.model.state_dict().items())
+    calls.clear()
+    raw = search(model, val, meta, SearchConfig(**{**cfg.__dict__, "recovery_images": 0}), tmp_path / "raw")
+    result = search(model, val, meta, cfg, tmp_path / "run", recovery=recovery)
+    assert calls and set(calls) == {"final"}  # one pass per candidate built (of 9), with its zeros held
+    records = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
+    assert records and all(r["recovery"]["images"] == 300 and r["recovery"]["epochs"] == {"final": 1}
+                           for r in records)
+    assert all(t.recovery_seconds > 0 for t in result.trials if any(t.ratios))
+    assert 0 < result.cost["recovery_seconds"] < result.cost["seconds"]
+    # Recovery lifts the pruned candidates: the mean accuracy over the same grid is higher.
+    mean = lambda r: sum(t.accuracy for t in r.trials) / len(r.trials)  # noqa: E731
+    assert mean(result) > mean(raw)
+    # The winner's file is the recovered candidate, as its trial judged it.
+    assert val.evaluate(load(result.path)[0]).accuracy == result.best.accuracy
+    # Resumed: every check replayed, nothing trained again.
+    calls.clear()
+    again = search(model, val, meta, cfg, tmp_path / "run", recovery=recovery)
+    assert [(t.index, t.accuracy) for t in again.trials] == [(t.index, t.accuracy) for t in result.trials]
+    assert again.best == result.best
+    assert calls == ["final"]  # only the winner's file is rebuilt, its recovery read from its checkpoint

@@ -67,5 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter)
         command.add_arguments(s)
         add_common_args(s)
-        s.set_defaults(func=command.run)
+        # The defaults travel with the arguments: a run saved before an option existed resumes when the option
+        # is left at its default (`options.start_run`).
+        s.set_defaults(func=command.run, defaults={a.dest: a.default for a in s._actions})
     return p

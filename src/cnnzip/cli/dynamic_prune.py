@@ -101,8 +101,7 @@ def run(args) -> int:
     model = job.model.cpu().eval()
     recalibration = None
     if args.recalibrate:  # a fixed subset in a fixed order: every trial sees the same images
-        images = some(job.train, args.recalibrate, args.seed, "--recalibrate")
-        recalibration = [x for x, _ in job.evaluator(images, 64).batches]
+        recalibration = job.recalibration(args.recalibrate)
     say(f"dynamic pruning: {args.iterations} iterations, each a binary search on the threshold with fine-tuned trials")
     result = dynamic_prune(model, job.evaluator(val), finetune, config, job.out_meta(**{"from": str(args.model_path),
                            "dynamic": True}), args.out, recover=args.recover_epochs > 0, training=training,

@@ -104,7 +104,7 @@ class Progress:
 
 
 RUN_FILE = "run.json"
-_ALWAYS_FREE = frozenset({"func", "no_progress", "quiet", "threads", "overwrite", "device", "fresh"})
+_ALWAYS_FREE = frozenset({"func", "defaults", "no_progress", "quiet", "threads", "overwrite", "device", "fresh"})
 
 
 def _run_settings(args: argparse.Namespace, command: str, free: Iterable[str]) -> dict[str, Any]:
@@ -135,6 +135,8 @@ def start_run(args: argparse.Namespace, command: str, free: Iterable[str] = (), 
             what = f"a `cnnzip {saved.get('command')}` run"
         else:
             diff = differences(saved["settings"], ours["settings"])
+            defaults = getattr(args, "defaults", {})  # an option newer than the saved run, left at its default
+            diff = [k for k in diff if k in saved["settings"] or ours["settings"].get(k) != defaults.get(k, diff)]
             what = f"a run with other settings ({', '.join(_flag(k) for k in diff)})" if diff else None
         if what is None:
             if say is not None:
@@ -214,6 +216,13 @@ class Prepared:
         """Training batches: shuffled and (unless --no-augment, or images under 16 pixels) augmented."""
         return Loader(split, batch_size or self.args.batch_size, shuffle=True, augment=augment(self.args, self.data),
                       mean=self.mean, std=self.std, seed=self.args.seed, device=self.device)
+
+    def recalibration(self, images: int, flag: str = "--recalibrate") -> list[torch.Tensor]:
+        """Batches for BatchNorm recalibration: a fixed subset of the training images, augmented as the model was
+        trained (`train.recalibrate_batchnorm` says why), in a fixed order, on the CPU."""
+        loader = Loader(some(self.train, images, self.args.seed, flag), 64, shuffle=True,
+                        augment=augment(self.args, self.data), mean=self.mean, std=self.std, seed=self.args.seed)
+        return [x for x, _ in loader]
 
     def evaluator(self, split, batch_size: int = 500, device=None, on_device: bool = False):
         """An Evaluator of `split`; `on_device` puts the batches on the command's device."""

@@ -22,7 +22,6 @@ from .options import (
     int_list,
     nonnegative,
     prepare,
-    some,
     start_run,
     write_run_report,
 )
@@ -137,8 +136,7 @@ def run(args) -> int:
                           "channel qualifies; lower --min-channels, or prune more")
     pruned = result.model
     if args.recalibrate:
-        images = some(job.train, args.recalibrate, args.seed, "--recalibrate")
-        used = recalibrate_batchnorm(pruned, job.evaluator(images, 64).batches, args.recalibrate, device="cpu")
+        used = recalibrate_batchnorm(pruned, job.recalibration(args.recalibrate), args.recalibrate, device="cpu")
         say(f"removed {result.channels_removed} channels; BatchNorm statistics re-estimated on {used} training "
             "images; measuring the pruned model")
     else:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 
+from ..distill import Distillation
 from ..io import load
 from ..report import Section, size_accuracy_plot
 from ..search import OBJECTIVES, Pipeline, SearchConfig, search
 from .options import (
     Progress,
     add_data_args,
+    add_distill_args,
     add_model_args,
     add_out_args,
     nonnegative,
@@ -54,6 +58,13 @@ def add_arguments(s) -> None:
     s.add_argument("--recalibrate", type=int, default=0, metavar="IMAGES",
                    help="re-estimate BatchNorm statistics of every candidate on this many training images before "
                    "its accuracy is checked (default 0: off)")
+    s.add_argument("--recover-images", type=int, default=0, metavar="IMAGES",
+                   help="fine-tune every candidate for one pass over this many training images (a fixed random "
+                   "subset; --lr, --train-batch-size) before its accuracy is checked, so that the search judges "
+                   "what a candidate becomes after a short recovery (default 0: off; a few thousand on a CPU)")
+    s.add_argument("--recover-distill", action="store_true", help="distil from MODEL during those recoveries "
+                   "(--temperature, --alpha)")
+    add_distill_args(s)
     s.add_argument("--inner-only", action="store_true", help="structured pruning leaves channels joined by a "
                    "residual addition alone (a ResNet's streams)")
     s.add_argument("--round-to", type=int, default=1, metavar="N", help="structured pruning keeps a multiple of N "
@@ -90,13 +101,14 @@ FREE = ("max_checks", "time_budget", "structured_epochs", "finetune_epochs", "ce
 
 
 def run(args) -> int:
-    nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images")
+    nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images", "recover_images")
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
                           fc_bits=args.fc_bits, quantize=args.quantize, round_to=args.round_to,
                           residual_stream=not args.inner_only, recalibrate=args.recalibrate),
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
-        margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget, objective=args.objective)
+        margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget, objective=args.objective,
+        recovery_images=args.recover_images, recovery_distill=args.recover_distill)
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)
@@ -106,13 +118,24 @@ def run(args) -> int:
     if any(epochs.values()):
         finetune = job.finetuner(epochs, job.batches(job.train, args.train_batch_size),
                                  train_batch_size=args.train_batch_size, search=config.as_dict())
-    calibration = None
-    if args.quantize or args.recalibrate:  # training images: int8 ranges, BatchNorm statistics
-        count = max(args.calibration_images if args.quantize else 0, args.recalibrate)
-        images = some(job.train, count, args.seed, "--calibration-images" if args.quantize else "--recalibrate")
+    recovery = None
+    if args.recover_images:  # one pass over a fixed subset, checkpointed per candidate in OUT/recovery
+        distill = {"temperature": args.temperature, "alpha": args.alpha} if args.recover_distill else None
+        recovery = replace(job.finetuner({"final": 1}, job.batches(some(job.train, args.recover_images, args.seed,
+                                                                        "--recover-images"), args.train_batch_size),
+                                         hooks=[Distillation(job.model, **distill)] if distill else [],
+                                         train_batch_size=args.train_batch_size, recovery=True, distill=distill),
+                           run_dir=args.out / "recovery", progress=False)
+    calibration = recalibration = None
+    if args.quantize:  # int8 activation ranges: clean training images
+        images = some(job.train, args.calibration_images, args.seed, "--calibration-images")
         calibration = [x.numpy() for x, _ in job.evaluator(images, 32).batches]
+    if args.recalibrate:  # BatchNorm statistics: training images augmented as in training
+        recalibration = job.recalibration(args.recalibrate)
     result = search(job.model.cpu().eval(), job.evaluator(val, args.batch_size), job.out_meta(), config, args.out,
-                    finetune=finetune, say=say, calibration=calibration)
+                    finetune=finetune, say=say, calibration=calibration, recovery=recovery,
+                    recalibration=recalibration)
+    shutil.rmtree(args.out / "recovery", ignore_errors=True)  # per-candidate checkpoints: the search is done
     cost = result.cost
     print(f"baseline validation accuracy {result.baseline_accuracy:.2%}; target {result.target:.2%}")
     print(f"{cost['checks']:.0f} accuracy checks, {cost['images']:,.0f} images evaluated, {cost['seconds']:.0f} s"

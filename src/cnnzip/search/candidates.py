@@ -104,12 +104,18 @@ class Compressor:
     """Builds candidates of one pipeline from one trained model, caching the channel analysis."""
 
     def __init__(self, model: nn.Module, pipeline: Pipeline, meta: ModelMeta, workdir: str | Path | None = None,
-                 calibration: Sequence[np.ndarray] | None = None):
-        """`calibration`: training batches (numpy, normalised) for the int8 step and BatchNorm recalibration;
-        needed only with quantize or recalibrate."""
-        if (pipeline.quantize or pipeline.recalibrate) and not calibration:
-            raise ConfigError("quantizing or recalibrating candidates needs calibration batches of training images")
+                 calibration: Sequence[np.ndarray] | None = None,
+                 recalibration: Sequence[np.ndarray | torch.Tensor] | None = None):
+        """`calibration`: training batches (numpy, normalised, not augmented) for the int8 step; needed only with
+        quantize. `recalibration`: training batches for BatchNorm recalibration, augmented as in training
+        (`train.recalibrate_batchnorm`); needed only with recalibrate, `calibration` if not given."""
+        if pipeline.quantize and not calibration:
+            raise ConfigError("quantizing candidates needs calibration batches of training images")
+        recalibration = recalibration if recalibration is not None else calibration
+        if pipeline.recalibrate and not recalibration:
+            raise ConfigError("recalibrating candidates needs batches of training images (recalibration=...)")
         self.calibration = list(calibration) if calibration else None
+        self.recalibration = [torch.as_tensor(x) for x in recalibration] if pipeline.recalibrate else None
         self.model = copy.deepcopy(model).cpu().eval()
         self.pipeline = pipeline
         self.meta = meta
@@ -137,6 +143,8 @@ class Compressor:
             elif ratio > 0:
                 model, masks = prune_magnitude(model, MagnitudePruning(ratio=ratio, skip=self.pipeline.skip))
         if finetune is not None:
+            if model is self.model:  # nothing pruned: train a copy, never the model every candidate starts from
+                model = copy.deepcopy(model)
             if masks:  # channel surgery after magnitude pruning changes shapes: the zeros are the masks
                 params = dict(model.named_parameters())
                 masks = {name: (params[name] != 0).float() for name in masks}
@@ -161,8 +169,7 @@ class Compressor:
 
     def _recalibrate(self, model: nn.Module) -> None:
         if self.pipeline.recalibrate:
-            batches = (torch.from_numpy(x) for x in self.calibration)
-            recalibrate_batchnorm(model, batches, self.pipeline.recalibrate, device="cpu")
+            recalibrate_batchnorm(model, self.recalibration, self.pipeline.recalibrate, device="cpu")
 
     def _int8(self, ratios: tuple[float, ...], model: nn.Module, keep_file: Path | None) -> Candidate:
         """Export, quantize (calibrated afresh: each candidate has its own weights) and wrap for ONNX Runtime."""

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..finetune import Finetuner
 from ..io import ModelMeta, atomic_write_text, load, refuse_changes
 from ..measure import Evaluator, run_digest, target_accuracy
 from .candidates import Compressor, Finetune, Pipeline
@@ -39,6 +40,10 @@ class SearchConfig:
     `objective`: what the winner minimises among the passing candidates: 'size' (file bytes) or 'latency-b1' /
     'latency-b256' (ONNX Runtime time at that batch size, relative to the original model's fp32 file, measured
     for every candidate that passes; structured pruning only, as deep compression's zeros run no faster).
+    `recovery_images`: every candidate is first fine-tuned for one pass over this many training images (the
+    `recovery` given to `search`, stage "final", pruned weights held at zero), so that the search decides on
+    what a candidate becomes after a short recovery rather than on its state right after pruning; 0 = never.
+    `recovery_distill` records that the recovery distils from the starting model.
     """
 
     pipeline: Pipeline = field(default_factory=Pipeline)
@@ -52,6 +57,8 @@ class SearchConfig:
     max_checks: int | None = None
     time_budget: float | None = None
     objective: str = "size"
+    recovery_images: int = 0
+    recovery_distill: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -68,6 +75,12 @@ class SearchConfig:
             raise ConfigError("margin must be >= 0")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if not isinstance(self.recovery_images, int) or isinstance(self.recovery_images, bool) \
+                or self.recovery_images < 0:
+            raise ConfigError(f"recovery_images is a number of training images (0: none); got "
+                              f"{self.recovery_images!r}")
+        if self.recovery_distill and not self.recovery_images:
+            raise ConfigError("recovery_distill distils during the trials' recovery: give recovery_images too")
         if self.objective != "size" and self.pipeline.order != "ns":
             raise ConfigError("deep compression's zeros and shared values do not make ONNX Runtime faster: a latency "
                               "objective searches structured pruning alone (--order ns), with or without int8")
@@ -113,6 +126,20 @@ class SearchResult:
                 "final_size": self.final_size, "finetuned": self.finetuned, "margin_sweep": self.sweep}
 
 
+def _recovery_key(config: SearchConfig, recovery: Finetune | None) -> dict | None:
+    """What the trials' recovery does, for their records: a resumed search replays only trials recovered the same
+    way (a `Finetuner`'s settings and data fingerprint; another callable by name)."""
+    if recovery is None:
+        return None
+    if isinstance(recovery, Finetuner):
+        how = {"epochs": dict(recovery.epochs), "train": asdict(recovery.config),
+               "fingerprint": dict(recovery.fingerprint)}
+    else:
+        how = {"callable": getattr(recovery, "__qualname__", type(recovery).__qualname__)}
+    key = {"images": config.recovery_images, "distill": config.recovery_distill, **how}
+    return json.loads(json.dumps(key, sort_keys=True, default=str))  # as the records will read it back
+
+
 def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
     """The absolute accuracy to meet; a target above the baseline is refused with advice."""
     return target_accuracy(config.target, config.drop, baseline_accuracy)
@@ -120,15 +147,21 @@ def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
 
 def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: SearchConfig,
            run_dir: str | Path, finetune: Finetune | None = None,
-           say: Callable[[str], None] | None = None, calibration: Sequence | None = None) -> SearchResult:
+           say: Callable[[str], None] | None = None, calibration: Sequence | None = None,
+           recovery: Finetune | None = None, recalibration: Sequence | None = None) -> SearchResult:
     """Search for the smallest candidate whose accuracy on `evaluator` (a validation split) meets the target.
 
     The caller's model is not changed. The winner is written to `run_dir` and its trials to trials.jsonl.
     Trials are never fine-tuned (that would multiply the cost by the epochs); the winner is rebuilt with
     `finetune` if given (see `candidates.STAGES`). The written file is reloaded and evaluated in full.
     `say(text)` hears one line per stage and per accuracy check. `calibration` (training batches) is needed when
-    the pipeline quantizes.
+    the pipeline quantizes; `recalibration` (training batches augmented as in training; `calibration` if not
+    given) when it recalibrates. `recovery` (with `config.recovery_images`) fine-tunes every candidate before its
+    check: a `Finetune` that trains the stage "final" for one pass over that many training images; its
+    checkpoints make a killed search resume mid-recovery.
     """
+    if bool(config.recovery_images) != (recovery is not None):
+        raise ConfigError("a search with recovery_images needs the recovery fine-tune, and only it takes one")
     say = say or (lambda text: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -142,10 +175,12 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     say("evaluating the baseline on the validation split")
     baseline = evaluator.evaluate(model).accuracy
     target = resolve_target(config, baseline)
-    compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp", calibration=calibration)
+    compressor = Compressor(model, config.pipeline, meta, workdir=run / "tmp", calibration=calibration,
+                            recalibration=recalibration)
     trials = Trials(compressor, evaluator, target, config.grid, run / "trials.jsonl", strategy=config.strategy,
                     early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget,
-                    say=say, objective=config.objective, latency_batch=config.latency_batch)
+                    say=say, objective=config.objective, latency_batch=config.latency_batch,
+                    recovery=recovery, recovery_key=_recovery_key(config, recovery))
     if trials.done:
         say(f"resuming: {len(trials.done)} accuracy checks already recorded in {trials.log}")
     goal = "smallest file" if config.objective == "size" else f"fastest model at batch {config.latency_batch}"
@@ -158,8 +193,9 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     if best is not None:
         suffix = ".int8.onnx" if config.pipeline.quantize else ".cnnz" if "dc" in config.pipeline.axes else ".pt"
         path = run / f"best{suffix}"
-        say(f"writing the winner to {path}" + (" (fine-tuned)" if finetune is not None else ""))
-        compressor.build(best.ratios, keep_file=path, finetune=finetune)
+        say(f"writing the winner to {path}" + (" (fine-tuned)" if finetune is not None else
+                                                 " (recovered as in its trial)" if recovery is not None else ""))
+        compressor.build(best.ratios, keep_file=path, finetune=finetune if finetune is not None else recovery)
         final_accuracy = evaluator.evaluate(load(path)[0]).accuracy
         final_size = path.stat().st_size
     result = SearchResult(best=best, target=target, baseline_accuracy=baseline, cost=trials.cost(),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..measure import Evaluator
-from .candidates import Compressor
+from .candidates import Compressor, Finetune
 
 __all__ = ["Trial", "Trials", "BudgetExhausted"]
 
@@ -36,6 +36,7 @@ class Trial:
     size: int
     seconds: float
     latency: float | None = None  # with a latency objective: ONNX Runtime time / the original's (passing only)
+    recovery_seconds: float | None = None  # the part of `seconds` spent fine-tuning the candidate (with recovery)
 
 
 class Trials:
@@ -44,7 +45,8 @@ class Trials:
     def __init__(self, compressor: Compressor, evaluator: Evaluator, target: float, grid: list[float],
                  log: str | Path, *, strategy: str, early_exit: bool, max_checks: int | None = None,
                  time_budget: float | None = None, say: Callable[[str], None] | None = None,
-                 objective: str = "size", latency_batch: int | None = None) -> None:
+                 objective: str = "size", latency_batch: int | None = None, recovery: Finetune | None = None,
+                 recovery_key: dict | None = None) -> None:
         self.compressor, self.evaluator, self.target, self.grid = compressor, evaluator, target, grid
         self.say = say or (lambda text: None)
         self.strategy, self.early_exit = strategy, early_exit
@@ -57,6 +59,12 @@ class Trials:
                      "early_exit": early_exit} | ({} if objective == "size" else {"objective": objective})
         if compressor.pipeline.recalibrate:  # recalibrated trials are other trials: never mixed in a replay
             self._key["recalibrate"] = compressor.pipeline.recalibrate
+        if (recovery is None) != (recovery_key is None):
+            raise ValueError("a recovery fine-tune needs its key for the records, and only it")
+        if recovery_key is not None:  # and so are recovered ones, recovered the same way
+            self._key["recovery"] = recovery_key
+        self.recovery = recovery
+        self._recovering = 0.0  # seconds spent in `recovery` by the current build
         self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
         self.asked: dict[tuple[int, ...], Trial] = {}  # asked for by this run's strategy, replayed or computed
         self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
@@ -77,7 +85,8 @@ class Trials:
                 else:
                     t = Trial(index=tuple(rec["index"]), ratios=tuple(rec["ratios"]), passed=rec["passed"],
                               accuracy=rec["accuracy"], complete=rec["complete"], images=rec["images"],
-                              size=rec["size"], seconds=rec["seconds"], latency=rec.get("latency"))
+                              size=rec["size"], seconds=rec["seconds"], latency=rec.get("latency"),
+                              recovery_seconds=rec.get("recovery_seconds"))
                     self.done[t.index] = t
 
     @property
@@ -96,8 +105,8 @@ class Trials:
                 self.sizes[index] = (self.done[index].size, 0.0)
             else:
                 started = time.perf_counter()
-                candidate = self.compressor.build(self.ratios(index))
-                self._built = (index, candidate)
+                candidate = self._build(index)
+                self._built = (index, candidate, self._recovering)
                 self.sizes[index] = (candidate.size, time.perf_counter() - started)
             self._write({**self._key, "kind": "size", "index": list(index), "size": self.sizes[index][0],
                          "seconds": self.sizes[index][1]})
@@ -115,9 +124,10 @@ class Trials:
             raise BudgetExhausted(f"reached --time-budget {self.time_budget} s")
         started = time.perf_counter()
         if self._built is not None and self._built[0] == index:
-            candidate = self._built[1]
+            _, candidate, recovering = self._built
         else:
-            candidate = self.compressor.build(self.ratios(index))
+            candidate = self._build(index)
+            recovering = self._recovering
         self._built = None
         if self.early_exit:
             r = self.evaluator.check(candidate.model, self.target)
@@ -129,7 +139,8 @@ class Trials:
             latency = self.compressor.latency(candidate, self.latency_batch)
         trial = Trial(index=index, ratios=self.ratios(index), passed=passed, accuracy=r.accuracy,
                       complete=r.complete, images=r.evaluated, size=candidate.size,
-                      seconds=time.perf_counter() - started, latency=latency)
+                      seconds=time.perf_counter() - started, latency=latency,
+                      recovery_seconds=recovering if self.recovery is not None else None)
         self.done[index] = self.asked[index] = trial
         self.new_checks += 1
         self._append(trial)
@@ -138,6 +149,19 @@ class Trials:
         self.say(f"check {len(self.done)}: {ratios}: {trial.size:,} bytes{speed}, accuracy {trial.accuracy:.2%}"
                  f"{'' if trial.complete else ' (early exit)'}: {'meets' if trial.passed else 'misses'} the target")
         return trial
+
+    def _build(self, index: tuple[int, ...]):
+        """The candidate at `index`, recovered first if the search recovers (the time it took in `_recovering`)."""
+        self._recovering = 0.0
+        if self.recovery is None:
+            return self.compressor.build(self.ratios(index))
+
+        def timed(stage, model, hooks=(), **kwargs):
+            started = time.perf_counter()
+            self.recovery(stage, model, hooks, **kwargs)
+            self._recovering += time.perf_counter() - started
+
+        return self.compressor.build(self.ratios(index), finetune=timed)
 
     def _append(self, trial: Trial) -> None:
         self._write({**self._key, **trial.__dict__, "index": list(trial.index), "ratios": list(trial.ratios)})
@@ -151,9 +175,12 @@ class Trials:
 
     def cost(self) -> dict[str, float]:
         """Accuracy checks, images evaluated, candidates built only for their size, and seconds for all of it."""
-        return {"checks": len(self.done), "images": sum(t.images for t in self.done.values()),
+        cost = {"checks": len(self.done), "images": sum(t.images for t in self.done.values()),
                 "size_builds": len(self.sizes),
                 "seconds": sum(t.seconds for t in self.done.values()) + sum(sec for _, sec in self.sizes.values())}
+        if self.recovery is not None:  # (size-only builds recover too; their seconds are in the total)
+            cost["recovery_seconds"] = sum(t.recovery_seconds or 0.0 for t in self.done.values())
+        return cost
 
     def best(self) -> Trial | None:
         """The smallest (or fastest, with a latency objective) passing trial the strategy has asked for so far.
