@@ -9,7 +9,8 @@ shared weights were trained on them), L1 channel pruning of the blocks' inner wi
 conv and 5-bit linear indices, bisect with its early exit. Each trial is judged on one of three candidates:
 
 - raw: right after the compression steps (the search as issue 5 built it);
-- recalibrated: BatchNorm statistics re-estimated on 512 training images (`Pipeline.recalibrate`);
+- recalibrated: BatchNorm statistics re-estimated on 512 training images, augmented as in training
+  (`Pipeline.recalibrate`);
 - recovered: one pass over --recover-images training images (lr 0.01, batch 128, augmented, distilled from the
   starting model at T = 4, alpha = 0.9; pruned weights held at zero), then recalibrated
   (`SearchConfig.recovery_images`). Its winner's file is that recovered candidate.
@@ -58,8 +59,9 @@ def main() -> None:
     evaluator = Evaluator(Loader(val.take(args.val_images), 500, mean=meta.mean, std=meta.std))
     tester = Evaluator(Loader(ds.test, 500, mean=meta.mean, std=meta.std))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    calibration = [x.numpy() for x, _ in Loader(train.subset(order[:args.recalibrate]), 32, mean=meta.mean,
-                                                  std=meta.std)]
+    # Augmented as in training (benchmarks/recalibration_images.py: clean images move the statistics).
+    recalibration = [x for x, _ in Loader(train.subset(order[:args.recalibrate]), 64, shuffle=True, augment=True,
+                                          mean=meta.mean, std=meta.std, seed=0)]
     recover_batches = Loader(train.subset(order[:args.recover_images]), 128, shuffle=True, augment=True,
                              mean=meta.mean, std=meta.std, seed=0)
     root = RUNS / "bench-search-recovery" / f"v{args.val_images}-s{args.step}"
@@ -83,8 +85,8 @@ def main() -> None:
                                          run_dir=run / "recovery",
                                          fingerprint={"images": args.recover_images, "distill": [4.0, 0.9]})
                 started = time.perf_counter()
-                r = search(model, evaluator, meta, config, run, calibration=calibration if mode != "raw" else None,
-                           recovery=recovery)
+                r = search(model, evaluator, meta, config, run,
+                           recalibration=recalibration if mode != "raw" else None, recovery=recovery)
                 shutil.rmtree(run / "recovery", ignore_errors=True)
                 row = {"target": r.target, "baseline": r.baseline_accuracy, "cost": r.cost,
                        "wall_seconds_this_call": time.perf_counter() - started,
