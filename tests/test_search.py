@@ -272,6 +272,12 @@ def test_recalibrated_candidates_carry_statistics_of_the_training_images(digits_
     result = search(model, val, meta, cfg, tmp_path / "run", recalibration=calibration)
     records = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert records and all(r["recalibrate"] == 256 for r in records)  # never replayed as raw trials
+    # Nor as trials recalibrated on other images: the same search on other batches checks afresh.
+    other = [x[::-1].copy() for x in calibration]
+    again = search(model, val, meta, cfg, tmp_path / "run", recalibration=other)
+    assert len({r["recalibration_images"] for r in (json.loads(line) for line in
+                (tmp_path / "run" / "trials.jsonl").read_text().splitlines())}) == 2
+    assert again.cost["checks"] == result.cost["checks"]
     loaded, _ = load(result.path)
     assert val.evaluate(loaded).accuracy == result.best.accuracy  # the file holds the recalibrated statistics
 

@@ -8,6 +8,7 @@ the same whether or not the search was interrupted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -57,8 +58,9 @@ class Trials:
         self.objective, self.latency_batch = objective, latency_batch
         self._key = {"strategy": strategy, "order": compressor.pipeline.order, "target": target,
                      "early_exit": early_exit} | ({} if objective == "size" else {"objective": objective})
-        if compressor.pipeline.recalibrate:  # recalibrated trials are other trials: never mixed in a replay
-            self._key["recalibrate"] = compressor.pipeline.recalibrate
+        if compressor.pipeline.recalibrate:  # recalibrated trials are other trials: never mixed in a replay,
+            self._key["recalibrate"] = compressor.pipeline.recalibrate  # nor with trials on other images
+            self._key["recalibration_images"] = _digest(compressor.recalibration)
         if (recovery is None) != (recovery_key is None):
             raise ValueError("a recovery fine-tune needs its key for the records, and only it")
         if recovery_key is not None:  # and so are recovered ones, recovered the same way
@@ -190,3 +192,11 @@ class Trials:
         if self.latency_batch is not None:
             return min(passing, key=lambda t: (t.latency, t.size, t.index)) if passing else None
         return min(passing, key=lambda t: (t.size, t.index)) if passing else None
+
+
+def _digest(batches) -> str:
+    """A short hash of a list of image batches (their first bytes), to tell the records of other images apart."""
+    h = hashlib.sha256()
+    for x in batches:
+        h.update(x.detach().cpu().float().contiguous().numpy().tobytes()[:4096])
+    return h.hexdigest()[:16]
