@@ -20,7 +20,9 @@ a kill. --iterations above the paper's 3 writes another run directory, started f
 one (the same trials, not recomputed). `--stage finetune --finetune-of baseline` fine-tunes the unpruned
 model as long, the control for what the extra epochs alone give; with --scratch it trains the architecture of
 --finetune-of from new weights instead (lr 0.1): the paper's from-scratch ablation.
-Writes results/dynamic_fusion_<arch>.json (with another --iterations, results/dynamic_fusion_<arch>_i<N>.json).
+`--recalibrate N` re-estimates every trial's BatchNorm statistics on N augmented training images before it is
+judged (issue 16). Writes results/dynamic_fusion_<arch>.json (with another --iterations,
+results/dynamic_fusion_<arch>_i<N>.json).
 """
 
 import argparse
@@ -55,6 +57,8 @@ def main() -> None:
     ap.add_argument("--trial-images", type=int, default=10000)
     ap.add_argument("--distill", action="store_true", help="dynamic stage: trials and recoveries learn from the "
                     "unpruned model (KD, T 4, alpha 0.9); the paper uses cross-entropy")
+    ap.add_argument("--recalibrate", type=int, default=0, help="dynamic stage: re-estimate BatchNorm statistics "
+                    "of every trial on this many augmented training images (seed 0) before judging it (0: off)")
     ap.add_argument("--recover-epochs", type=int, default=2, help="0: no recovery fine-tune of the winners")
     ap.add_argument("--recover-images", type=int, default=50000)
     ap.add_argument("--final-epochs", type=int, default=5, help="finetune stage: epochs on all training images "
@@ -102,13 +106,17 @@ def main() -> None:
                          fingerprint={"images": {s: images for s, (images, _) in stages.items()}})
 
     name = f"dynamic-d{args.drop}-e{args.epochs}-n{args.trial_images}-lr{args.lr}-r{args.recover_epochs}x" \
-           f"{args.recover_images}" + ("-kd" if args.distill else "")
+           f"{args.recover_images}" + ("-kd" if args.distill else "") \
+        + (f"-rc{args.recalibrate}" if args.recalibrate else "")
     dyn_dir = root / (name if args.iterations == 3 else f"{name}-i{args.iterations}")
     paper = root / name  # more iterations extend the paper's 3: start from a copy of that run, if there is one
     if args.iterations > 3 and not dyn_dir.exists() and (paper / "state.json").exists():
         shutil.copytree(paper, dyn_dir, ignore=shutil.ignore_patterns(
             "fusion-*", "pruned*.pt", "final[0-9]*", "scratch[0-9]*", "baseline-*"))
-    config = DynamicPruning(drop=args.drop, iterations=args.iterations)
+    config = DynamicPruning(drop=args.drop, iterations=args.iterations, recalibrate=args.recalibrate)
+    recalibration = [x for x, _ in Loader(ds.train.subset(order[:args.recalibrate]), 128, shuffle=True,
+                                          augment=True, mean=meta.mean, std=meta.std, seed=0)] \
+        if args.recalibrate else None
     control = args.stage == "finetune" and args.finetune_of == "baseline"  # needs no pruned model
     if args.stage in ("dynamic", "finetune", "fusion") and not control:
         teacher = [Distillation(model)] if args.distill else []  # T = 4, alpha = 0.9
@@ -117,7 +125,7 @@ def main() -> None:
         training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
                     "recover_images": args.recover_images, "lr": args.lr, **({"distill": True} if args.distill else {})}
         dyn = dynamic_prune(model, validator, finetune, config, meta, dyn_dir, recover=args.recover_epochs > 0,
-                            training=training)
+                            training=training, recalibration=recalibration)
         print(f"dynamic: MACs {dyn.macs[0]:,} -> {dyn.macs[1]:,} ({1 - dyn.macs[1] / dyn.macs[0]:.1%} fewer), val "
               f"{dyn.baseline_accuracy:.2%} -> {dyn.accuracy:.2%}", flush=True)
     source = dyn_dir / args.finetune_of

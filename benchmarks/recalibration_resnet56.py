@@ -1,22 +1,24 @@
 """Which cheap trial signal ranks pruned candidates like a longer fine-tune does (issue 16)?
 
-    python benchmarks/recalibration_resnet56.py                        # 7 L1 + 7 sparsity candidates
-    python benchmarks/recalibration_resnet56.py --long-epochs 1 --short-images 5000
+    python benchmarks/recalibration_resnet56.py --long-images 20000 --threads 1   # 13 L1 + 7 sparsity candidates
 
 Candidates: the JPEG-fine-tuned ResNet-56 (`baseline_resnet56.py`) with its blocks' inner widths pruned (the
 papers' choice), by L1 norm at ratios 0.1..0.7 and by channel sparsity (dynamic pruning's criterion, measured
 on the decision half) at thresholds chosen to remove a similar spread of channels. For each candidate:
 
 - raw: accuracy right after the surgery (what the search and the dynamic trials judged until now);
-- recalibrated: after re-estimating BatchNorm statistics on --recalibrate training images (no gradients);
+- recalibrated: after re-estimating BatchNorm statistics on --recalibrate training images, cropped and flipped as
+  in training (no gradients; what `prune`, `search` and `dynamic-prune` do since commit f3fd629);
+- recalibrated (clean): the same on the same images without augmentation (what they did before);
 - short: after a 1-epoch fine-tune on --short-images training images (the dynamic pruning trials' signal);
 - long: after --long-epochs on all training images (or --long-images of them), the reference the others
   should rank like.
 
 Accuracies are on the decision half of the JPEG test split ("val"; stratified, seed 0), and the long-fine-tuned
 ones also on the other half ("test", once). The output is Spearman's rank correlation of each signal with
-"long", and what each signal costs in seconds. Every candidate's numbers are written to
-$CNNZIP_RUNS/bench-recalibration/ as they come, so a killed run resumes. Writes
+"long", and what each signal costs in seconds. Every candidate's fine-tuned numbers are written to
+$CNNZIP_RUNS/bench-recalibration/ as they come, so a killed run resumes (recalibration, seconds per candidate, is
+redone every run). Writes
 results/recalibration_resnet56.json.
 """
 
@@ -38,6 +40,8 @@ from cnnzip.prune.channel_sparsity import channel_sparsity
 from cnnzip.prune.dynamic import sparsity_plan
 from cnnzip.train import TrainConfig, recalibrate_batchnorm
 
+SIGNALS = ("raw", "recalibrated", "recalibrated (clean)", "short")
+
 
 def spearman(a, b) -> float:
     ra, rb = (np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float) for x in (a, b))
@@ -46,7 +50,7 @@ def spearman(a, b) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7")
+    ap.add_argument("--ratios", default="0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7")
     ap.add_argument("--thresholds", default="0.5,0.6,0.7,0.75,0.8,0.85,0.9")
     ap.add_argument("--recalibrate", type=int, default=512)
     ap.add_argument("--short-images", type=int, default=5000)
@@ -60,8 +64,9 @@ def main() -> None:
     work = RUNS / "bench-recalibration"
     work.mkdir(parents=True, exist_ok=True)
     order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0))
-    recal_batches = [x for x, _ in Loader(ds.train.subset(order[:args.recalibrate]), 128, mean=meta.mean,
-                                          std=meta.std)]
+    recal_images = ds.train.subset(order[:args.recalibrate])
+    recal_batches = {augment: [x for x, _ in Loader(recal_images, 128, mean=meta.mean, std=meta.std, augment=augment,
+                                                    shuffle=augment, seed=0)] for augment in (True, False)}
     short = Loader(ds.train.subset(order[:args.short_images]), 128, shuffle=True, augment=True, mean=meta.mean,
                    std=meta.std, seed=0)
     full = Loader(ds.train.subset(order[:args.long_images]) if args.long_images else ds.train, 128, shuffle=True,
@@ -77,21 +82,25 @@ def main() -> None:
     rows = {}
     base_macs = count_macs(model, shape)
     for name, plan in plans.items():
-        cache = work / (f"{name.replace(' ', '-')}-r{args.recalibrate}-s{args.short_images}-l{args.long_epochs}"
-                        f"x{args.long_images}.json")
-        if cache.exists():
-            rows[name] = json.loads(cache.read_text())
+        recalibrated = {}
+        for augment, signal in ((True, "recalibrated"), (False, "recalibrated (clean)")):
+            recal = apply_plan(graph, plan).model
+            t = time.perf_counter()
+            recalibrate_batchnorm(recal, recal_batches[augment], args.recalibrate)
+            recalibrated[f"seconds {signal}"] = time.perf_counter() - t
+            recalibrated[signal] = validator.evaluate(recal).accuracy
+        key = f"s{args.short_images}-l{args.long_epochs}x{args.long_images}.json"
+        cache = work / f"{name.replace(' ', '-')}-{key}"
+        earlier = work / f"{name.replace(' ', '-')}-r512-{key}"  # before recalibration left the cache key
+        found = next((f for f in (cache, earlier) if f.exists()), None)
+        if found is not None:
+            rows[name] = {**json.loads(found.read_text()), **recalibrated}
             print(name, rows[name], flush=True)
             continue
         row = {"channels removed": sum(len(v) for v in plan.values())}
         pruned = apply_plan(graph, plan).model
         row["MACs reduction"] = 1 - count_macs(pruned, shape) / base_macs
         row["raw"] = validator.evaluate(pruned).accuracy
-        t = time.perf_counter()
-        recal = pruned
-        recalibrate_batchnorm(recal, recal_batches, args.recalibrate)
-        row["seconds recalibrated"] = time.perf_counter() - t
-        row["recalibrated"] = validator.evaluate(recal).accuracy
         for signal, batches, epochs in (("short", short, 1), ("long", full, args.long_epochs)):
             m = apply_plan(graph, plan).model  # each fine-tune starts from the raw surgery, as a trial does
             t = time.perf_counter()
@@ -101,21 +110,20 @@ def main() -> None:
             if signal == "long":
                 row["long, test"] = tester.evaluate(m).accuracy
         atomic_write_text(cache, json.dumps(row))
-        rows[name] = row
+        rows[name] = {**row, **recalibrated}
         print(name, row, flush=True)
 
     long = [r["long"] for r in rows.values()]
-    correlation = {s: spearman([r[s] for r in rows.values()], long) for s in ("raw", "recalibrated", "short")}
-    cost = {s: float(np.mean([r[f"seconds {s}"] for r in rows.values()])) for s in ("recalibrated", "short", "long")}
-    lines = ["| candidate | MACs cut | raw | recalibrated | short | long (val) | long (test) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['MACs reduction']:.1%} | {r['raw']:.2%} | {r['recalibrated']:.2%} | "
-                     f"{r['short']:.2%} | {r['long']:.2%} | {r['long, test']:.2%} |")
-    lines.append(f"| Spearman vs long | | {correlation['raw']:.2f} | {correlation['recalibrated']:.2f} | "
-                 f"{correlation['short']:.2f} | | |")
-    lines.append(f"| seconds per candidate | | 0 | {cost['recalibrated']:.1f} | {cost['short']:.0f} | "
-                 f"{cost['long']:.0f} | |")
+    correlation = {s: spearman([r[s] for r in rows.values()], long) for s in SIGNALS}
+    cost = {s: float(np.mean([r[f"seconds {s}"] for r in rows.values()])) for s in SIGNALS[1:] + ("long",)}
+    lines = ["| candidate | MACs cut | raw | recalibrated | recalibrated (clean) | short | long (val) | long (test) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in sorted(rows.items(), key=lambda kv: kv[1]["MACs reduction"]):
+        lines.append(f"| {name} | {r['MACs reduction']:.1%} | "
+                     + " | ".join(f"{r[s]:.2%}" for s in SIGNALS + ("long", "long, test")) + " |")
+    lines.append("| Spearman vs long | | " + " | ".join(f"{correlation[s]:.2f}" for s in SIGNALS) + " | | |")
+    lines.append("| seconds per candidate | | 0 | " + " | ".join(f"{cost[s]:.1f}" for s in SIGNALS[1:])
+                 + f" | {cost['long']:.0f} | |")
     print("\n".join(lines))
     save("recalibration_resnet56", {"args": vars(args), "rows": rows, "spearman": correlation, "seconds": cost,
                                     "data": "CIFAR-10 JPEG; val/test = stratified halves of the test split (seed 0); "
