@@ -341,6 +341,12 @@ def test_dynamic_prune_and_fuse_commands(tmp_path, capsys, monkeypatch):
     assert "--recover-epochs" in capsys.readouterr().err
     assert main(["fuse", str(tmp_path / "dyn" / "pruned.pt"), "--long-epochs", "-2", "--out", str(tmp_path / "z")]) == 2
     assert "--long-epochs" in capsys.readouterr().err
+    assert main(["fuse", str(tmp_path / "dyn" / "pruned.pt"), "--recalibrate", "-1", "--out", str(tmp_path / "z")]) == 2
+    assert "--recalibrate" in capsys.readouterr().err
+    assert main(["fuse", str(tmp_path / "dyn" / "pruned.pt"), "--every", "1", "--max-drop", "0.5", "--max-removals",
+                 "1", "--no-short", "--long-epochs", "0", "--recalibrate", "64", "--out", str(tmp_path / "fuse-rc"),
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "fuse-rc" / "state.json").read_text())["config"]["recalibrate"] == 64
 
 
 def test_misleading_or_silent_inputs_are_refused_with_the_options_name(tmp_path, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 """Dynamic pruning by channel sparsity, response distillation, and layer fusion (issue 6)."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -275,6 +276,29 @@ def test_layer_fusion_end_to_end_with_snapshots_ablations_and_resume(digits, tmp
     assert layer_widths(fresh) == layer_widths(result.model)
     assert not torch.equal(fresh.linear.weight, result.model.linear.weight)
     assert json.loads((tmp_path / "kd" / "state.json").read_text())["stopped"]
+
+
+def test_block_removal_can_recalibrate_batchnorm_after_each_removal(digits, tmp_path):
+    model, batches, val, meta = digits
+    images = [x for x, _ in Loader(batches.split.subset(range(96)), 32, mean=meta.mean, std=meta.std)]
+
+    def no_finetune(stage, m, hooks=(), *, tag=None, parameters=None):
+        pass
+
+    config = BlockRemoval(short=False, long_every=1, max_drop=0.99, max_removals=1, recalibrate=64)
+    with pytest.raises(ConfigError, match="training batches"):
+        remove_thin_blocks(model, val, no_finetune, config, meta, tmp_path / "none")
+    with pytest.raises(ConfigError, match="training images"):
+        BlockRemoval(recalibrate=-1)
+    result = remove_thin_blocks(model, val, no_finetune, config, meta, tmp_path / "recal", recalibration=images)
+    material, _ = choose_blocks(residual_blocks(model, SHAPE))
+    plain = copy.deepcopy(model).eval()
+    remove_blocks(plain, [material.name])
+    expected = copy.deepcopy(plain)
+    recalibrate_batchnorm(expected, images, 64)  # the same removal, then the same 64 images
+    got = result.model.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in expected.state_dict().items())
+    assert not all(torch.equal(v, got[k]) for k, v in plain.state_dict().items())  # the statistics moved
 
 
 class Killed(Exception):

@@ -52,20 +52,23 @@ def add_arguments(s) -> None:
     s.add_argument("--no-short", action="store_true", help="skip the short fine-tunes (ablation)")
     s.add_argument("--max-width", type=int, default=None, help="only blocks at most this many channels wide")
     s.add_argument("--max-removals", type=int, default=None)
+    s.add_argument("--recalibrate", type=int, default=0, metavar="IMAGES", help="re-estimate BatchNorm "
+                   "statistics on this many training images (augmented as in training) after each removal; most "
+                   "useful with --no-short, where nothing else updates them (default 0: off)")
     s.add_argument("--scratch-epochs", type=int, default=0, help="ablation: also train the final architecture "
                    "from new weights for this many epochs and report its accuracy")
     add_finetune_args(s, "runs/fuse")
 
 
 def run(args) -> int:
-    nonnegative(args, "short_epochs", "long_epochs", "scratch_epochs", "short_images")
+    nonnegative(args, "short_epochs", "long_epochs", "scratch_epochs", "short_images", "recalibrate")
     if args.every < 1:
         raise ConfigError(f"--every must be 1 or more (a long fine-tune after that many removals); got {args.every}")
     if not 0 <= args.max_drop < 1:
         raise ConfigError(f"--max-drop is an accuracy drop in [0, 1), e.g. 0.03 for 3 points; got {args.max_drop}")
     config = BlockRemoval(loss=args.loss, temperature=args.temperature, alpha=args.alpha, short=not args.no_short,
                           long_every=args.every, max_drop=args.max_drop, max_width=args.max_width,
-                          max_removals=args.max_removals)
+                          max_removals=args.max_removals, recalibrate=args.recalibrate)
     say = Progress(args.quiet)
     start_run(args, NAME, ("scratch_epochs",), say=say)
     job = prepare(args, say)
@@ -79,8 +82,9 @@ def run(args) -> int:
                 "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment}
     model = job.model.cpu().eval()
     say("removing thin residual blocks one by one, each followed by a short fine-tune of its carrier")
+    recalibration = job.recalibration(args.recalibrate) if args.recalibrate else None
     result = remove_thin_blocks(model, job.evaluator(val), finetune, config, out_meta, args.out, training=training,
-                                say=say)
+                                say=say, recalibration=recalibration)
     test = job.evaluator(job.data.test)
     print(f"{'removed':>7} {'depth':>5} {'fused layers':>12} {'MACs':>13} {'val acc':>8}")
     for r in result.rows:

@@ -11,7 +11,9 @@ After channel pruning many residual blocks keep only a few inner channels. Repea
      `max_drop` of the pruned model, it is kept as a snapshot; otherwise fusion stops at the last snapshot.
 Ablations: `loss="ce"` (no distillation), `short=False` (no short fine-tune); `fresh_copy` gives the fused
 architecture with new weights, to train from scratch. During the short fine-tune only the carrier's weights
-change, but every BatchNorm's running statistics follow the training data, as in any training-mode pass.
+change, but every BatchNorm's running statistics follow the training data, as in any training-mode pass. With
+`recalibrate`, those statistics are first re-estimated after each removal (`train.recalibrate_batchnorm`): the
+layers after a removed block see other inputs, and without a short fine-tune nothing else would update them.
 
 State is written after every step; a killed run resumes from its last completed step.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from ..finetune import Finetune
 from ..io import ModelMeta, atomic_write_bytes, load_model, resume_state, save_model
 from ..measure import Evaluator, count_macs, run_digest
 from ..models import RemovedBlock, remove_blocks
-from ..train import TrainHook
+from ..train import TrainHook, recalibrate_batchnorm
 
 __all__ = ["Block", "BlockRemoval", "BlockRemovalResult", "residual_blocks", "choose_blocks", "remove_thin_blocks",
            "fresh_copy", "depth", "STAGES"]
@@ -129,12 +131,15 @@ class BlockRemoval:
     max_drop: float = 0.03  # stop when accuracy falls more than this below the pruned model's
     max_width: int | None = None  # only blocks at most this wide are candidates (None: any)
     max_removals: int | None = None
+    recalibrate: int = 0  # training images that re-estimate BatchNorm statistics after each removal (0: none)
 
     def __post_init__(self) -> None:
         if self.loss not in ("kd", "ce"):
             raise ConfigError(f"loss must be kd or ce; got {self.loss!r}")
         if self.long_every < 1 or not 0 <= self.max_drop < 1:
             raise ConfigError("long_every must be >= 1 and max_drop in [0, 1)")
+        if not isinstance(self.recalibrate, int) or self.recalibrate < 0:
+            raise ConfigError(f"recalibrate is a number of training images (0: none); got {self.recalibrate!r}")
 
 
 @dataclass
@@ -151,20 +156,27 @@ STAGES = ("short", "long")
 
 def remove_thin_blocks(model: nn.Module, evaluator: Evaluator, finetune: Finetune, config: BlockRemoval,
                        meta: ModelMeta, run_dir: str | Path, *, training: dict[str, Any] | None = None,
-                       say: Callable[[str], None] | None = None) -> BlockRemovalResult:
+                       say: Callable[[str], None] | None = None,
+                       recalibration: Iterable | None = None) -> BlockRemovalResult:
     """Remove blocks of the (pruned) `model`, which is also the teacher; the caller's model is not changed.
 
     `finetune` is called with stage "short" (with `parameters`: the carrier's only) after each removal, and
     with stage "long" (everything) every `long_every` removals. Writes `run_dir/state.json`, `run_dir/current.pt` and one `fused-<k>.pt` per snapshot.
     `training` describes what the fine-tunes do (epochs, images...): a run resumed with other training is refused.
-    `say(text)` hears one line per removal and per snapshot.
+    `say(text)` hears one line per removal and per snapshot. With `config.recalibrate`, `recalibration` gives
+    the training batches (augmented as in training, in a fixed order) that BatchNorm statistics are re-estimated
+    on after each removal.
     """
+    if config.recalibrate and recalibration is None:
+        raise ConfigError("recalibrating BatchNorm after each removal needs training batches (recalibration=...)")
     say = say or (lambda text: None)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     shape = tuple(meta.input_shape)
     teacher = copy.deepcopy(model).cpu().eval()
     settings = {**asdict(config), "subject": run_digest(model, evaluator)}
+    if not config.recalibrate:
+        del settings["recalibrate"]  # (absent when off: runs from before this option still resume)
     if training:
         settings["training"] = dict(training)
     state_path = run / "state.json"
@@ -193,6 +205,7 @@ def remove_thin_blocks(model: nn.Module, evaluator: Evaluator, finetune: Finetun
             say(f"removing {material.name} ({material.width} channels wide)"
                 + (f", carried by {carrier.name}" if carrier else ""))
             remove_blocks(current, [material.name])
+            recalibrate_batchnorm(current, recalibration or (), config.recalibrate)
             if config.short and carrier is not None:
                 finetune("short", current, hooks(), tag=f"short-{k + 1}",
                          parameters=list(current.get_submodule(carrier.name).parameters()))
