@@ -9,10 +9,12 @@ sparsity training starts from the same BN scales (0.5). VGG-19 at 10 classes has
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ._common import check_positive_int, check_width, scaled
 from ._registry import register_model
 
@@ -83,25 +85,40 @@ class VGG(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def _layers(depth: int, cfg: Sequence[int | str] | None) -> tuple[int | str, ...]:
+    """The standard layer list, or `cfg`: other widths and depth (a PCA-designed VGG keeps the name it came from)."""
+    if cfg is None:
+        return VGG_CONFIGS[depth]
+    convs = [v for v in cfg if v != "M"]
+    if not convs or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in convs):
+        raise ModelError(f"cfg lists conv widths (positive integers, at least one) and \"M\" for a max pool; "
+                          f"got {cfg!r}")
+    return tuple(cfg)
+
+
 @register_model
-def vgg11(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0) -> VGG:
+def vgg11(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0,
+          cfg: Sequence[int | str] | None = None) -> VGG:
     """VGG-11 with BatchNorm, CIFAR head (9.23M parameters at 10 classes)."""
-    return VGG(VGG_CONFIGS[11], num_classes, in_channels=in_channels, width=width)
+    return VGG(_layers(11, cfg), num_classes, in_channels=in_channels, width=width)
 
 
 @register_model
-def vgg13(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0) -> VGG:
+def vgg13(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0,
+          cfg: Sequence[int | str] | None = None) -> VGG:
     """VGG-13 with BatchNorm, CIFAR head (9.41M parameters at 10 classes)."""
-    return VGG(VGG_CONFIGS[13], num_classes, in_channels=in_channels, width=width)
+    return VGG(_layers(13, cfg), num_classes, in_channels=in_channels, width=width)
 
 
 @register_model
-def vgg16(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0) -> VGG:
+def vgg16(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0,
+          cfg: Sequence[int | str] | None = None) -> VGG:
     """VGG-16 with BatchNorm, CIFAR head (14.73M parameters at 10 classes)."""
-    return VGG(VGG_CONFIGS[16], num_classes, in_channels=in_channels, width=width)
+    return VGG(_layers(16, cfg), num_classes, in_channels=in_channels, width=width)
 
 
 @register_model
-def vgg19(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0) -> VGG:
+def vgg19(num_classes: int = 10, *, in_channels: int = 3, width: float = 1.0,
+          cfg: Sequence[int | str] | None = None) -> VGG:
     """VGG-19 with BatchNorm, CIFAR head (20.04M parameters at 10 classes), the network-slimming baseline."""
-    return VGG(VGG_CONFIGS[19], num_classes, in_channels=in_channels, width=width)
+    return VGG(_layers(19, cfg), num_classes, in_channels=in_channels, width=width)

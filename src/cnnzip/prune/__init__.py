@@ -8,12 +8,14 @@ from .channels import ChannelPruning, PruneResult, apply_plan, plan_channels, pr
 from .graph import ChannelGraph, ChannelGroup, analyze, check_equivalent
 from .importance import IMPORTANCE, bn_scale, fpgm, l1_norm, l2_norm, random_scores
 from .layers import register_layer
+from .pca import PcaPruning, pca_plan, pca_prune
 from .slimming import SparsityHook, bn_scales
 
 __all__ = [
     "ChannelPruning", "PruneResult", "apply_plan", "plan_channels", "prune_channels", "prune_to_macs",
     "ChannelGraph", "ChannelGroup", "analyze", "check_equivalent",
     "register_layer",
+    "PcaPruning", "pca_plan", "pca_prune",
     "IMPORTANCE", "bn_scale", "fpgm", "l1_norm", "l2_norm", "random_scores",
     "SparsityHook", "bn_scales",
 ]

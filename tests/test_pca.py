@@ -1,0 +1,121 @@
+"""PCA width and depth selection (the third paper's first stage)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from cnnzip.errors import ConfigError, ModelError
+from cnnzip.io import ModelMeta, save_model
+from cnnzip.models import create_model
+from cnnzip.prune import ChannelPruning, analyze, prune_channels
+from cnnzip.prune.pca import PcaPruning, activation_spectra, pca_plan, pca_prune, significant_components
+
+SHAPE = (3, 32, 32)
+
+
+def images(n: int = 256, shape=SHAPE, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(64, *shape, generator=g) for _ in range(n // 64)]
+
+
+def test_significant_components_reach_the_variance_share():
+    eig = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert [significant_components(eig, v) for v in (0.4, 0.7, 0.71, 0.9, 1.0)] == [1, 2, 3, 3, 4]
+    assert significant_components(torch.zeros(5), 0.99) == 1  # a dead layer spans nothing
+
+
+def test_pca_finds_the_rank_activations_were_built_with():
+    """A 1x1 conv whose 8 filters are mixtures of 2 gives activations of rank 2: PCA keeps 2 channels."""
+    torch.manual_seed(0)
+    first = nn.Conv2d(3, 8, 1, bias=False)
+    with torch.no_grad():
+        first.weight.copy_((torch.randn(8, 2) @ torch.randn(2, 3)).view(8, 3, 1, 1))
+    model = nn.Sequential(first, nn.Conv2d(8, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 3)).eval()
+    data = images(128, (3, 8, 8))
+    graph = analyze(model, torch.zeros(1, 3, 8, 8))
+    spectra = activation_spectra(graph, data, 128)
+    assert spectra["0"].samples == 128 * 64 and spectra["0"].reader == "1"
+    assert float(spectra["0"].eigenvalues[2:].max()) < 1e-9 * float(spectra["0"].eigenvalues[0])
+    plan = pca_plan(model, PcaPruning(variance=0.999), data, torch.zeros(1, 3, 8, 8))
+    assert plan.widths["0"] == 2
+    assert spectra["1"].reader == "4" and spectra["1"].positions == 1  # read by the linear, behind the pool
+    result = pca_prune(model, PcaPruning(variance=0.999), data, torch.zeros(1, 3, 8, 8))
+    assert result.model[0].out_channels == 2 and result.model[1].in_channels == 2
+    assert result.dropped == [] and result.model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+
+def test_the_pca_vgg_has_the_reported_widths_and_depth_and_reloads_in_a_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("vgg11", width=0.25).eval()
+    config = PcaPruning(variance=0.99, images=256)
+    result = pca_prune(model, config, images(), torch.zeros(1, *SHAPE))
+    plan = result.plan
+    assert [r.name for r in plan.layers] == [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert result.dropped == plan.dropped and result.dropped  # this seed's VGG has a layer that adds nothing
+    by_name = {r.name: r for r in plan.layers}
+    for name in result.dropped:  # dropped: not above the layer it reads, at the same resolution
+        assert by_name[name].pca_width <= by_name[by_name[name].reads].pca_width
+    kept = [r.pca_width for r in plan.layers if not r.drop]
+    assert [m.out_channels for m in result.model.modules() if isinstance(m, nn.Conv2d)] == kept
+    assert result.model.classifier.in_features == kept[-1]
+    assert result.model.cnnzip_spec["cfg"].count("M") == 4 and len(result.model.cnnzip_spec["cfg"]) == 4 + len(kept)
+    assert all(0.99 <= r.variance_kept <= 1 for r in plan.layers)
+    assert "PCA width" in plan.table() and "removed" in plan.table()
+    # New weights: nothing is the original's (the first layer keeps all its channels, yet differs).
+    assert not torch.equal(result.model.feature[0].weight, model.feature[0].weight)
+    meta = ModelMeta((0.5,) * 3, (0.25,) * 3)
+    path = save_model(tmp_path / "pca.pt", result.model, meta)
+    x = torch.randn(2, *SHAPE)
+    torch.save(x, tmp_path / "x.pt")
+    script = (f"import torch; from cnnzip.io import load_model; m, _ = load_model(r'{path}'); "
+              f"torch.save(m(torch.load(r'{tmp_path / 'x.pt'}')).detach(), r'{tmp_path / 'y.pt'}')")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "y.pt"), result.model.eval()(x))
+
+
+def test_inherit_keeps_the_surviving_weights_of_the_largest_channels():
+    torch.manual_seed(0)
+    model = create_model("vgg11", width=0.25).eval()
+    config = PcaPruning(variance=0.99, images=256, depth=False)
+    result = pca_prune(model, config, images(), torch.zeros(1, *SHAPE), inherit=True)
+    narrowed = prune_channels(model, ChannelPruning(method="l1", widths=result.plan.widths),
+                              torch.zeros(1, *SHAPE)).model
+    assert result.dropped == [] and "classifier" in result.inherited
+    for a, b in zip(result.model.state_dict().values(), narrowed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    deeper = pca_prune(model, PcaPruning(variance=0.99, images=256), images(), torch.zeros(1, *SHAPE),
+                       inherit=True)
+    assert deeper.dropped and "feature.0" in deeper.inherited and len(deeper.inherited) < len(result.inherited)
+
+
+def test_residual_networks_narrow_inner_widths_and_drop_no_layer():
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.5).eval()
+    result = pca_prune(model, PcaPruning(variance=0.95, images=128), images(128), torch.zeros(1, *SHAPE))
+    assert result.dropped == [] and not any(r.drop for r in result.plan.layers)
+    assert all(r.name.endswith("conv1") and r.name != "conv1" for r in result.plan.layers)
+    assert result.model(torch.randn(2, *SHAPE)).shape == (2, 10)
+
+
+def test_bad_input_gets_one_clear_error():
+    with pytest.raises(ConfigError, match="variance"):
+        PcaPruning(variance=0)
+    with pytest.raises(ConfigError, match="variance"):
+        PcaPruning(variance=1.5)
+    with pytest.raises(ModelError, match="conv layers"):
+        pca_plan(nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 2)), PcaPruning(),
+                 [torch.randn(4, 3, 2, 2)], torch.zeros(1, 3, 2, 2))
+    model = create_model("vgg11", width=0.25).eval()
+    with pytest.raises(ConfigError, match="too few samples.*more images"):
+        pca_plan(model, PcaPruning(images=2), images(64), torch.zeros(1, *SHAPE))
+    with pytest.raises(ModelError, match="cfg"):
+        create_model("vgg11", cfg=["M", 0])
+    with pytest.raises(ModelError, match="cfg"):
+        create_model("vgg11", cfg=["M"])
+    loaded = create_model("vgg11", cfg=[8, "M", 16])
+    assert [m.out_channels for m in loaded.modules() if isinstance(m, nn.Conv2d)] == [8, 16]
