@@ -119,3 +119,58 @@ def test_bad_input_gets_one_clear_error():
         create_model("vgg11", cfg=["M"])
     loaded = create_model("vgg11", cfg=[8, "M", 16])
     assert [m.out_channels for m in loaded.modules() if isinstance(m, nn.Conv2d)] == [8, 16]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_mixed_pruning_chains_pca_training_and_fpgm_and_resumes_after_a_kill(tmp_path):
+    from cnnzip.measure import Evaluator
+    from cnnzip.prune.mixed import MixedPruning, mixed_prune
+    from cnnzip.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = create_model("vgg11", width=0.25).eval()
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(32, *SHAPE, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(8)]
+    val = Evaluator(data[:2])
+    meta = ModelMeta((0.5,) * 3, (0.25,) * 3, SHAPE)
+    config = MixedPruning(pca=PcaPruning(variance=0.99, images=256), ratio=0.3)
+    calls = []
+
+    def finetune(stage, m, hooks=(), *, tag=None, parameters=None):
+        calls.append(stage)
+        fit(m, data, TrainConfig(epochs=1, lr=0.05, seed=0), progress=False)
+
+    def dying(stage, m, hooks=(), *, tag=None, parameters=None):
+        finetune(stage, m)
+        if stage == "fpgm":
+            raise Killed
+
+    whole = mixed_prune(model, config, data, finetune, meta, tmp_path / "whole", evaluator=val)
+    assert calls == ["pca", "fpgm"] and whole.path.name == "pruned.pt"
+    stages = whole.stages
+    assert stages["fpgm"]["params"] < stages["pca"]["params"] < stages["original"]["params"]
+    assert stages["fpgm"]["macs"] < stages["pca"]["macs"] < stages["original"]["macs"]
+    assert [r["pca_width"] for r in whole.plan if not r["drop"]] == \
+        [m.out_channels for m in load_model_of(tmp_path / "whole" / "pca.pt").modules() if isinstance(m, nn.Conv2d)]
+    calls.clear()
+    with pytest.raises(Killed):
+        mixed_prune(model, config, data, dying, meta, tmp_path / "killed", evaluator=val)
+    again = mixed_prune(model, config, data, finetune, meta, tmp_path / "killed", evaluator=val)
+    assert calls == ["pca", "fpgm", "fpgm"]  # the trained PCA network was kept; only the FPGM stage reran
+    for a, b in zip(again.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert again.stages == whole.stages
+    with pytest.raises(ConfigError, match="other settings|differ"):
+        mixed_prune(model, MixedPruning(pca=config.pca, ratio=0.5), data, finetune, meta, tmp_path / "killed",
+                    evaluator=val)
+    with pytest.raises(ConfigError, match="ratio"):
+        MixedPruning(ratio=1.0)
+
+
+def load_model_of(path):
+    from cnnzip.io import load_model
+
+    return load_model(path)[0]

@@ -198,12 +198,13 @@ def pca_plan(model: nn.Module, config: PcaPruning, batches: Iterable, example_in
     excluded.update({g.name: "read or written by a grouped convolution" for g in graph.groups if g.blocks > 1
                      and g.name not in residual})
     spectra = activation_spectra(graph, batches, config.images, device)
-    small = [(g.name, g.size, spectra[g.name].samples) for g in groups
+    small = [(g.name, g.size, spectra[g.name]) for g in groups
              if g.name in spectra and spectra[g.name].samples <= g.size]
     if small:
-        name, size, n = small[0]
-        raise ConfigError(f"too few samples for PCA: {name} has {size} channels but only {n} activation samples "
-                          f"were seen ({config.images} images); use more images")
+        name, size, sp = small[0]
+        raise ConfigError(f"too few samples for PCA: {name} has {size} channels but {sp.samples // sp.positions} "
+                          f"images give only {sp.samples} activation samples there; use more images (at least "
+                          f"{size // sp.positions + 1})")
     # The analysed group each root reads directly: a plain chain of layers.
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     roots = {g.name: g for g in sorted(groups, key=lambda g: order.get(g.name, 0)) if g.name in spectra}
