@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from cnnzip.cli import main
+from cnnzip.io import load_model
+from cnnzip.measure import count_parameters
 from cnnzip.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -466,3 +468,28 @@ def test_recalibration_batches_are_training_images_augmented_as_in_training():
         candidates = [c, c.flip(-1)]
         assert any(torch.equal(a[:, 8:24, 8:24], shifted) for x in candidates
                    for shifted in (x[:, 8 + dy:24 + dy, 8 + dx:24 + dx] for dy in range(-4, 5) for dx in range(-4, 5)))
+
+
+def test_pca_prune_designs_trains_prunes_and_resumes(tmp_path, capsys, digits_model):
+    path = digits_model(3)
+    out = tmp_path / "pca"
+    common = ["--variance", "0.99", "--train-epochs", "1", "--inherit", "--ratio", "0.3", "--finetune-epochs", "1",
+              "--no-progress"]
+    assert main(["pca-prune", str(path), *common, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "PCA width" in printed and "fewer parameters" in printed
+    report = json.loads((out / "report.json").read_text())
+    stages = report["stages"]
+    assert stages["fpgm"]["params"] < stages["pca"]["params"] < stages["original"]["params"]
+    assert [r["name"] for r in report["plan"]] == ["features.0", "features.3", "features.7"]
+    model, _ = load_model(out / "pruned.pt")
+    assert count_parameters(model) == stages["fpgm"]["params"]
+    stamp = (out / "pca.pt").stat().st_mtime_ns
+    assert main(["pca-prune", str(path), *common, "--out", str(out)]) == 0  # resumes: nothing to redo
+    assert (out / "pca.pt").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    for bad, flag in ((["--variance", "0"], "variance"), (["--variance", "1.5"], "variance"),
+                      (["--ratio", "1"], "ratio"), (["--train-epochs", "-1"], "--train-epochs"),
+                      (["--pca-images", "5"], "more images")):
+        assert main(["pca-prune", str(path), *bad, "--out", str(tmp_path / "bad")]) == 2
+        assert flag in capsys.readouterr().err

@@ -24,6 +24,7 @@ from . import (
     fuse,
     info,
     models,
+    pca_prune,
     prune,
     quantize,
     search,
@@ -33,8 +34,8 @@ from .options import add_common_args
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, quantize, export,
-            info)
+COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, pca_prune, quantize,
+            export, info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
