@@ -94,6 +94,8 @@ def main() -> None:
     report = json.loads(args.report.read_text())
     arch, dyn, a = report.get("arch", "resnet56"), report["dynamic"], report["args"]
     budget = training_images(report)
+    if budget <= 0:
+        raise SystemExit(f"{args.report} records no fine-tuning: nothing to match")
     epochs = math.ceil(budget / 50000)
     per_epoch = round(budget / epochs)
     ensure(arch=arch)
@@ -119,6 +121,9 @@ def main() -> None:
         done = work / f"{method}.json"
         if done.exists():
             rows[method] = json.loads(done.read_text())
+            used = rows[method].get("recalibrate", 0 if method == "tp" else 2048)
+            if method != "tp" and used != args.recalibrate:
+                raise SystemExit(f"{done} was measured with --recalibrate {used}; rerun with that, or delete it")
             continue
         if method not in methods:
             continue
@@ -129,7 +134,7 @@ def main() -> None:
             pruned = prune_to_macs(model, ChannelPruning(method=method, residual_stream=False),
                                    torch.zeros(1, *SHAPE), 1 - goal / base_macs).model
         row = {"macs": count_macs(pruned, SHAPE), "params": count_parameters(pruned),
-               "raw val": validator.evaluate(pruned).accuracy}
+               "raw val": validator.evaluate(pruned).accuracy, "recalibrate": 0 if method == "tp" else args.recalibrate}
         if method != "tp":
             recalibrate_batchnorm(pruned, recal, args.recalibrate)
             row["recalibrated val"] = validator.evaluate(pruned).accuracy

@@ -91,8 +91,8 @@ def main() -> None:
     sample = Loader(train.subset(order[:args.pca_images]), 256, mean=meta.mean, std=meta.std)
     recal = [x for x, _ in Loader(train.subset(order[:512]), 128, shuffle=True, augment=True, mean=meta.mean,
                                   std=meta.std, seed=0)]
-    work = RUNS / "bench-pca" / (f"{base}-v{args.variance}-r{args.ratio}-e{args.epochs}f{args.finetune_epochs}"
-                                 + (f"-n{args.train_images}" if args.train_images else ""))
+    work = RUNS / "bench-pca" / (f"{base}-v{args.variance}-p{args.pca_images}-r{args.ratio}-e{args.epochs}"
+                                 f"f{args.finetune_epochs}" + (f"-n{args.train_images}" if args.train_images else ""))
     work.mkdir(parents=True, exist_ok=True)
 
     def trainer(epochs: dict, folder) -> Finetuner:
@@ -114,6 +114,8 @@ def main() -> None:
         done = work / f"{variant}.json"
         if done.exists():
             rows[variant] = json.loads(done.read_text())
+            if (work / variant / "state.json").exists():
+                plan = plan or json.loads((work / variant / "state.json").read_text())["plan"]
             continue
         started = time.perf_counter()
         if variant in ("pca", "inherit", "pca-fpgm"):

@@ -48,23 +48,45 @@ def test_pca_finds_the_rank_activations_were_built_with():
     assert result.dropped == [] and result.model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
 
 
-def test_the_pca_vgg_has_the_reported_widths_and_depth_and_reloads_in_a_fresh_process(tmp_path):
+def vgg_with_a_layer_to_drop() -> nn.Module:
+    torch.manual_seed(2)  # at this seed, on these images, one layer of VGG-11 adds no dimensions
+    return create_model("vgg11", width=0.125).eval()
+
+
+def test_pca_through_a_flatten_takes_every_position_as_a_sample():
     torch.manual_seed(0)
-    model = create_model("vgg11", width=0.25).eval()
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 2)).eval()
+    data = images(128, (3, 4, 4))
+    spectra = activation_spectra(analyze(model, torch.zeros(1, 3, 4, 4)), data, 128)
+    with torch.no_grad():
+        acts = torch.cat([model[1](model[0](x)) for x in data])  # (N, 5, 4, 4)
+    rows = acts.permute(0, 2, 3, 1).reshape(-1, 5).double()
+    expected = torch.linalg.eigvalsh(torch.cov(rows.T)).flip(0)
+    assert spectra["0"].reader == "3" and spectra["0"].positions == 16 and spectra["0"].samples == 128 * 16
+    assert torch.allclose(spectra["0"].eigenvalues, expected.clamp_min(0), rtol=1e-9, atol=1e-12)
+
+
+def test_the_pca_vgg_has_the_reported_widths_and_depth_and_reloads_in_a_fresh_process(tmp_path):
+    model = vgg_with_a_layer_to_drop()
     config = PcaPruning(variance=0.99, images=256)
     result = pca_prune(model, config, images(), torch.zeros(1, *SHAPE))
     plan = result.plan
     assert [r.name for r in plan.layers] == [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    assert result.dropped == plan.dropped and result.dropped  # this seed's VGG has a layer that adds nothing
+    assert result.dropped == plan.dropped == ["feature.11"]
     by_name = {r.name: r for r in plan.layers}
-    for name in result.dropped:  # dropped: not above the layer it reads, at the same resolution
-        assert by_name[name].pca_width <= by_name[by_name[name].reads].pca_width
+    names = [f"feature.{i}" for i in range(len(model.feature))]
+    for name in result.dropped:  # not above the layer it reads, with no pool between them
+        reads = by_name[name].reads
+        assert by_name[name].pca_width <= by_name[reads].pca_width
+        between = model.feature[names.index(reads) + 1:names.index(name)]
+        assert not any(isinstance(m, nn.MaxPool2d) for m in between)
     kept = [r.pca_width for r in plan.layers if not r.drop]
     assert [m.out_channels for m in result.model.modules() if isinstance(m, nn.Conv2d)] == kept
     assert result.model.classifier.in_features == kept[-1]
     assert result.model.cnnzip_spec["cfg"].count("M") == 4 and len(result.model.cnnzip_spec["cfg"]) == 4 + len(kept)
     assert all(0.99 <= r.variance_kept <= 1 for r in plan.layers)
-    assert "PCA width" in plan.table() and "removed" in plan.table()
+    assert "PCA width" in plan.table() and "feature.11" in plan.table(result.dropped)
+    assert "removed" in plan.table(result.dropped) and "removed" not in plan.table()
     # New weights: nothing is the original's (the first layer keeps all its channels, yet differs).
     assert not torch.equal(result.model.feature[0].weight, model.feature[0].weight)
     meta = ModelMeta((0.5,) * 3, (0.25,) * 3)
@@ -79,8 +101,7 @@ def test_the_pca_vgg_has_the_reported_widths_and_depth_and_reloads_in_a_fresh_pr
 
 
 def test_inherit_keeps_the_surviving_weights_of_the_largest_channels():
-    torch.manual_seed(0)
-    model = create_model("vgg11", width=0.25).eval()
+    model = vgg_with_a_layer_to_drop()
     config = PcaPruning(variance=0.99, images=256, depth=False)
     result = pca_prune(model, config, images(), torch.zeros(1, *SHAPE), inherit=True)
     narrowed = prune_channels(model, ChannelPruning(method="l1", widths=result.plan.widths),
@@ -90,7 +111,17 @@ def test_inherit_keeps_the_surviving_weights_of_the_largest_channels():
         assert torch.equal(a, b)
     deeper = pca_prune(model, PcaPruning(variance=0.99, images=256), images(), torch.zeros(1, *SHAPE),
                        inherit=True)
-    assert deeper.dropped and "feature.0" in deeper.inherited and len(deeper.inherited) < len(result.inherited)
+    assert deeper.dropped == ["feature.11"]
+    # The conv after the removed one learned to read other channels: new weights, and new statistics for its
+    # BatchNorm, even where the shapes happen to agree. Every other layer is the narrowed original's.
+    built = dict(deeper.model.named_modules())  # the pool moved up: built feature.12 is the original's feature.15
+    assert "feature.12" not in deeper.inherited and "feature.13" not in deeper.inherited
+    assert built["feature.12"].weight.shape == narrowed.feature[15].weight.shape  # the shapes happen to agree
+    assert not torch.equal(built["feature.12"].weight, narrowed.feature[15].weight)
+    for name in ("feature.0", "feature.1", "feature.8", "feature.9", "feature.15", "feature.16", "classifier"):
+        assert name in deeper.inherited
+    assert torch.equal(built["feature.15"].weight, narrowed.feature[18].weight)
+    assert torch.equal(built["feature.16"].running_mean, narrowed.feature[19].running_mean)
 
 
 def test_residual_networks_narrow_inner_widths_and_drop_no_layer():
@@ -100,6 +131,9 @@ def test_residual_networks_narrow_inner_widths_and_drop_no_layer():
     assert result.dropped == [] and not any(r.drop for r in result.plan.layers)
     assert all(r.name.endswith("conv1") and r.name != "conv1" for r in result.plan.layers)
     assert result.model(torch.randn(2, *SHAPE)).shape == (2, 10)
+    streams = pca_plan(model, PcaPruning(variance=0.95, images=128, residual_stream=True), images(128),
+                       torch.zeros(1, *SHAPE))
+    assert len(streams.layers) > len(result.plan.layers) and not streams.dropped  # streams narrowed, no layer goes
 
 
 def test_bad_input_gets_one_clear_error():
@@ -113,6 +147,8 @@ def test_bad_input_gets_one_clear_error():
     model = create_model("vgg11", width=0.25).eval()
     with pytest.raises(ConfigError, match="too few samples.*more images"):
         pca_plan(model, PcaPruning(images=2), images(64), torch.zeros(1, *SHAPE))
+    with pytest.raises(ConfigError, match="image tensors"):
+        pca_plan(model, PcaPruning(images=64), [{"image": torch.zeros(2, *SHAPE)}], torch.zeros(1, *SHAPE))
     with pytest.raises(ModelError, match="cfg"):
         create_model("vgg11", cfg=["M", 0])
     with pytest.raises(ModelError, match="cfg"):
@@ -131,7 +167,7 @@ def test_mixed_pruning_chains_pca_training_and_fpgm_and_resumes_after_a_kill(tmp
     from cnnzip.train import TrainConfig, fit
 
     torch.manual_seed(0)
-    model = create_model("vgg11", width=0.25).eval()
+    model = create_model("vgg11", width=0.125).eval()
     g = torch.Generator().manual_seed(1)
     data = [(torch.randn(32, *SHAPE, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(8)]
     val = Evaluator(data[:2])

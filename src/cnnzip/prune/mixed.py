@@ -96,11 +96,14 @@ def mixed_prune(model: nn.Module, config: MixedPruning, batches: Iterable, finet
                 "accuracy": evaluator.evaluate(m).accuracy if evaluator is not None else None}
 
     def load(name: str) -> nn.Module:
+        if not (run / name).exists():
+            raise ConfigError(f"{run / name} is missing, though {run / 'state.json'} records its stage as done; "
+                              "use another directory, or delete state.json to start afresh")
         return load_model(run / name, model=copy.deepcopy(model) if not _zoo(model) else None)[0]
 
     if "original" not in state["stages"]:
         state["stages"]["original"] = measure(copy.deepcopy(model))
-    if state["plan"] is None or not (run / "pca-init.pt").exists():
+    if state["plan"] is None:
         say("measuring activations and choosing each layer's width by PCA")
         result = pca_prune(model, config.pca, batches, example, inherit=config.inherit, seed=seed, device=device)
         save_model(run / "pca-init.pt", result.model, meta)

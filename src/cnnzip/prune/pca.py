@@ -21,7 +21,7 @@ layer of a ResNet is proposed; `fuse` removes whole residual blocks instead.
 
 from __future__ import annotations
 
-import copy
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -62,8 +62,9 @@ class Spectrum:
 
     eigenvalues: torch.Tensor
     samples: int
-    positions: int  # spatial positions per image where the group was read (its resolution)
+    positions: int  # spatial positions per image where the group was read
     reader: str  # the layer whose input was observed
+    resolution: int  # spatial positions per image of the root layer's output (before any pooling)
 
 
 @dataclass
@@ -91,11 +92,14 @@ class PcaPlan:
     def dropped(self) -> list[str]:
         return [r.name for r in self.layers if r.drop]
 
-    def table(self) -> str:
+    def table(self, removed: Iterable[str] = ()) -> str:
+        """The PCA table; `removed`: the layers actually removed (the others that add nothing are only named)."""
+        removed = set(removed)
         lines = [f"{'layer':<28} {'width':>6} {'PCA width':>9} {'variance kept':>13}  depth"]
         for r in self.layers:
             lines.append(f"{r.name:<28} {r.width:>6} {r.pca_width:>9} {r.variance_kept:>13.4%}  "
-                         + (f"adds no dimensions over {r.reads}: removed" if r.drop else ""))
+                         + (f"adds no dimensions over {r.reads}" + (": removed" if r.name in removed else "")
+                            if r.drop else ""))
         return "\n".join(lines)
 
 
@@ -125,12 +129,14 @@ def activation_spectra(graph: ChannelGraph, batches: Iterable, max_images: int,
     """Covariance eigenvalues of every prunable group's channels as their first reader sees them.
 
     `batches` yields (inputs, targets) or inputs, normalised as in training; at most `max_images` are used.
-    Groups no conv or linear layer reads whole are left out.
+    Groups no conv or linear layer reads whole are left out. The sums stay on `device`, in float64, a few
+    thousand rows at a time; only the channels-by-channels sums are kept.
     """
     readers = {g.name: (r, g.size) for g in graph.groups if (r := _reader(graph, g.name, g.size)) is not None}
     sums: dict[str, list] = {}  # group -> [sum x, sum x x^T, rows, positions]
+    resolution: dict[str, int] = {}  # group -> positions of its root's output
 
-    def hook(group: str, mapped: list[int], size: int):
+    def observe_input(group: str, mapped: list[int], size: int):
         index = torch.tensor(mapped)
 
         def observe(module, inputs):
@@ -138,23 +144,37 @@ def activation_spectra(graph: ChannelGraph, batches: Iterable, max_images: int,
             if x.dim() == 2:  # a linear reader: a flatten maps each channel to consecutive features
                 x = x.reshape(len(x), size, -1)
             positions = x[0, 0].numel()
-            rows = x.reshape(len(x), size, positions).transpose(1, 2).reshape(-1, size).double().cpu()
-            acc = sums.setdefault(group, [torch.zeros(size, dtype=torch.float64),
-                                          torch.zeros(size, size, dtype=torch.float64), 0, positions])
-            acc[0] += rows.sum(0)
-            acc[1] += rows.T @ rows
+            rows = x.reshape(len(x), size, positions).transpose(1, 2).reshape(-1, size)
+            acc = sums.setdefault(group, [torch.zeros(size, dtype=torch.float64, device=x.device),
+                                          torch.zeros(size, size, dtype=torch.float64, device=x.device), 0,
+                                          positions])
+            for chunk in rows.split(8192):
+                chunk = chunk.double()
+                acc[0] += chunk.sum(0)
+                acc[1] += chunk.T @ chunk
             acc[2] += len(rows)
         return observe
 
-    handles = [module.register_forward_pre_hook(hook(g, mapped, size))
+    def observe_output(group: str):
+        def observe(module, inputs, output):
+            resolution[group] = output[0, 0].numel()
+        return observe
+
+    modules = dict(graph.model.named_modules())
+    handles = [module.register_forward_pre_hook(observe_input(g, mapped, size))
                for g, ((_, module, mapped), size) in readers.items()]
+    handles += [modules[g].register_forward_hook(observe_output(g)) for g in readers]
     model = graph.model
     was_training = model.training
+    home = next(model.parameters()).device
     model.eval().to(device)
     seen = 0
     try:
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if not isinstance(x, torch.Tensor):
+                raise ConfigError("the batches for PCA must yield image tensors or (images, labels) pairs; got "
+                                  f"{type(batch).__name__}")
             x = x[: max_images - seen]
             model(x.to(device))
             seen += len(x)
@@ -163,15 +183,15 @@ def activation_spectra(graph: ChannelGraph, batches: Iterable, max_images: int,
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training).cpu()
+        model.train(was_training).to(home)
     if seen == 0:
         raise ConfigError("no images to measure the activations on")
     out = {}
     for g, (s, q, n, positions) in sums.items():
-        mean = s / n
-        cov = (q - n * torch.outer(mean, mean)) / max(n - 1, 1)
+        mean = s.cpu() / n
+        cov = (q.cpu() - n * torch.outer(mean, mean)) / max(n - 1, 1)
         eig = torch.linalg.eigvalsh(cov).flip(0).clamp_min(0)
-        out[g] = Spectrum(eig, n, positions, readers[g][0][0])
+        out[g] = Spectrum(eig, n, positions, readers[g][0][0], resolution.get(g, positions))
     return out
 
 
@@ -216,9 +236,11 @@ def pca_plan(model: nn.Module, config: PcaPruning, batches: Iterable, example_in
         kept = float(sp.eigenvalues[:k].sum() / sp.eigenvalues.sum()) if float(sp.eigenvalues.sum()) > 0 else 1.0
         layers.append(PcaLayer(g.name, g.size, k, kept, reads.get(g.name)))
     by_name = {r.name: r for r in layers}
+    stream = graph.residual_groups()  # a residual addition is no plain chain: its layers are never dropped
     for r in layers:
         before = by_name.get(r.reads) if r.reads else None
-        if before is not None and spectra[r.name].positions == spectra[before.name].positions:
+        if before is not None and not {r.name, before.name} & stream and \
+                spectra[r.name].resolution == spectra[before.name].resolution:
             r.drop = r.pca_width <= before.pca_width
     if not layers:
         raise ModelError("PCA found no layer whose channels it can measure and narrow ("
@@ -230,20 +252,27 @@ def pca_prune(model: nn.Module, config: PcaPruning, batches: Iterable, example_i
               inherit: bool = False, seed: int = 0, device: torch.device | str = "cpu") -> PcaResult:
     """The PCA network: `model` narrowed to the PCA widths, without the layers that add no dimensions where the
     architecture allows it (`config.depth`; the zoo's VGGs), with new weights (the paper trains it from
-    scratch) or, with `inherit`, the original's weights of the channels kept (largest L1 norm) wherever a
-    layer's shape survives. The caller's model is not changed."""
+    scratch; every layer with a `reset_parameters` is re-initialised, a custom layer without one keeps its
+    values) or, with `inherit`, the original's weights of the channels kept (largest L1 norm): all of them when
+    no layer is removed, else every conv (with its BatchNorm) and linear layer whose shape survives. The
+    caller's model is not changed."""
     graph = analyze(model, example_input, skip=config.skip)
     plan = pca_plan(model, config, batches, example_input, graph=graph, device=device)
-    narrowed = prune_channels(model, ChannelPruning(method="l1", widths=plan.widths, skip=config.skip,
+    widths = {re.escape(name): width for name, width in plan.widths.items()}
+    narrowed = prune_channels(model, ChannelPruning(method="l1", widths=widths, skip=config.skip,
                                                     residual_stream=True), example_input, graph=graph).model
     dropped = plan.dropped if config.depth and _vgg_config(model) is not None else []
-    built = _vgg_without(narrowed, dropped) if dropped else copy.deepcopy(narrowed)
-    torch.manual_seed(seed)
-    for m in built.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    if hasattr(built, "_init_weights"):
-        built._init_weights()  # the architecture's own initialisation, as a model built anew gets
+    if inherit and not dropped:
+        return PcaResult(narrowed, plan, [], [n for n, m in narrowed.named_modules()
+                                             if any(True for _ in m.parameters(recurse=False))])
+    built = _vgg_without(narrowed, dropped) if dropped else narrowed
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in built.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        if hasattr(built, "_init_weights"):
+            built._init_weights()  # the architecture's own initialisation, as a model built anew gets
     inherited = _inherit(built, narrowed, dropped) if inherit else []
     return PcaResult(built, plan, dropped, inherited)
 
@@ -282,24 +311,34 @@ def _vgg_without(model: nn.Module, dropped: list[str]) -> nn.Module:
 
 
 def _inherit(built: nn.Module, source: nn.Module, dropped: list[str]) -> list[str]:
-    """Copy `source`'s weights into `built` layer by layer, in order, where shapes agree; the layers copied."""
+    """Copy `source`'s weights into `built` layer by layer, in order, where shapes agree; never the layer right
+    after a removed one (it learned to read the removed layer's outputs), and a BatchNorm only with the conv
+    before it. Returns the layers copied."""
     def layers(m: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(n, x) for n, x in m.named_modules() if isinstance(x, (nn.Conv2d, nn.Conv1d, nn.Linear,
-                                                                       nn.modules.batchnorm._BatchNorm))]
+        return [(n, x) for n, x in m.named_modules()
+                if isinstance(x, (nn.Conv2d, nn.Conv1d, nn.Linear, nn.modules.batchnorm._BatchNorm))]
 
-    kept = [(n, x) for n, x in layers(source) if n not in dropped and not _follows(n, dropped, source)]
-    copied = []
-    for (name, target), (_, origin) in zip(layers(built), kept, strict=True):
+    norm = nn.modules.batchnorm._BatchNorm
+    found = layers(source)
+    kept, fresh, after = [], set(), False
+    for i, (n, x) in enumerate(found):
+        if n in dropped or (isinstance(x, norm) and i > 0 and found[i - 1][0] in dropped):
+            after = True  # this conv (and its BatchNorm) goes; the next weight layer reads something else now
+            continue
+        if after and not isinstance(x, norm):
+            fresh.add(n)
+            after = False
+        kept.append((n, x))
+    copied: list[str] = []
+    conv_copied = False
+    for (name, target), (origin_name, origin) in zip(layers(built), kept, strict=True):
         src, dst = origin.state_dict(), target.state_dict()
-        if all(k in src and src[k].shape == v.shape for k, v in dst.items()):
+        fits = origin_name not in fresh and all(k in src and src[k].shape == v.shape for k, v in dst.items())
+        if isinstance(target, norm):
+            fits = fits and conv_copied  # statistics of the conv's outputs: only with that conv's weights
+        else:
+            conv_copied = fits
+        if fits:
             target.load_state_dict(src)
             copied.append(name)
     return copied
-
-
-def _follows(name: str, dropped: list[str], model: nn.Module) -> bool:
-    """Whether `name` is the BatchNorm right after a dropped conv (it goes with it)."""
-    children = list(model.named_modules())
-    names = [n for n, _ in children]
-    i = names.index(name)
-    return i > 0 and isinstance(children[i][1], nn.modules.batchnorm._BatchNorm) and names[i - 1] in dropped
