@@ -293,6 +293,11 @@ def test_search_command_finds_and_resumes(tmp_path, capsys, digits_model):
     assert all(r["recovery"]["distill"] and r["recovery"]["images"] == 200 for r in records)
     assert main([*rec[:-4], "--recover-images=-5"]) == 2
     assert "--recover-images" in capsys.readouterr().err
+    # --structured pca: the structured step keeps each layer's PCA width, measured on --pca-images.
+    assert main([*args[:-1], str(tmp_path / "p"), "--order", "ns", "--structured", "pca", "--pca-images", "300",
+                 "--recalibrate", "128", "--no-progress"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "p" / "trials.jsonl").read_text().splitlines()]
+    assert records and all("pca_images" in r for r in records if "ratios" in r)
 
 
 def test_dynamic_prune_and_fuse_commands(tmp_path, capsys, monkeypatch):

@@ -282,6 +282,36 @@ def test_recalibrated_candidates_carry_statistics_of_the_training_images(digits_
     assert val.evaluate(loaded).accuracy == result.best.accuracy  # the file holds the recalibrated statistics
 
 
+def test_pca_widths_are_a_structured_knob_of_the_search(digits_model, tmp_path):
+    from cnnzip.prune.pca import PcaPruning, pca_plan
+    from cnnzip.search.candidates import pca_variance
+
+    model, val, meta = digits_model
+    ds = load_digits()
+    train, _ = train_val_split(ds.train, val_size=0.2, seed=0)
+    images = [x for x, _ in Loader(train.subset(range(512)), 64, mean=ds.mean, std=ds.std)]
+    with pytest.raises(ConfigError, match="PCA widths need"):
+        Compressor(model, Pipeline(order="ns", structured="pca"), meta)
+    with pytest.raises(ConfigError, match="structured"):
+        Pipeline(structured="nope")
+    assert [round(pca_variance(r), 4) for r in (0.0, 0.1, 0.2, 0.5)] == [1.0, 0.999, 0.992, 0.875]
+    compressor = Compressor(model, Pipeline(order="ns", structured="pca"), meta, recalibration=images)
+    widths = []
+    for ratio in (0.2, 0.4, 0.6):
+        plan = pca_plan(model, PcaPruning(variance=pca_variance(ratio), images=512), images,
+                        torch.zeros(1, *meta.input_shape))
+        built = dict(compressor.build((ratio,)).model.named_modules())
+        assert {name: built[name].out_channels for name in plan.widths} == plan.widths
+        widths.append(sum(plan.widths.values()))
+    assert widths[0] > widths[1] > widths[2]  # a larger ratio keeps less variance: fewer channels
+    cfg = SearchConfig(pipeline=Pipeline(order="ns", structured="pca", recalibrate=256), strategy="bisect",
+                       drop=0.05, step=0.1, max_ratio=0.8)
+    result = search(model, val, meta, cfg, tmp_path / "run", recalibration=images)
+    assert result.best.accuracy >= result.target and result.best.ratios[0] > 0, result
+    records = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
+    assert records and all("pca_images" in r for r in records if "ratios" in r)
+
+
 def test_recovery_aware_trials_judge_each_candidate_after_a_short_fine_tune(digits_model, tmp_path):
     """With recovery, every candidate is fine-tuned (stage "final", its zeros held) before its check; the records
     say how, and how long it took; a killed search resumes with the same trials; the winner is the recovered

@@ -48,16 +48,19 @@ def add_arguments(s) -> None:
     s.add_argument("--strategy", choices=["grid", "margin", "bisect"], default="bisect")
     s.add_argument("--order", choices=["ns-dc", "dc-ns", "ns", "dc"], default="ns-dc",
                    help="methods and their order: ns = network slimming, dc = deep compression")
-    s.add_argument("--structured", choices=["slimming", "l1", "l2", "fpgm"], default="slimming")
+    s.add_argument("--structured", choices=["slimming", "l1", "l2", "fpgm", "pca"], default="slimming",
+                   help="channel importance of the structured step; pca: each layer keeps the channels (of largest "
+                   "L1 norm) that PCA of its activations needs for 1 - ratio^3 of their variance")
+    s.add_argument("--pca-images", type=int, default=2048, help="training images PCA measures (--structured pca)")
     s.add_argument("--quantize", choices=["int8"], default=None, help="int8 post-training quantization as the last "
                    "step (needs the [onnx] extra): candidates are int8 ONNX files, judged in ONNX Runtime; with "
                    "--order ns")
     s.add_argument("--objective", choices=list(OBJECTIVES), default="size",
                    help="what the winner minimises: file size, or ONNX Runtime time at batch 1 or 256 (measured "
                    "beside the original model for every passing candidate; needs the [onnx] extra and --order ns)")
-    s.add_argument("--recalibrate", type=int, default=0, metavar="IMAGES",
+    s.add_argument("--recalibrate", type=int, default=512, metavar="IMAGES",
                    help="re-estimate BatchNorm statistics of every candidate on this many training images before "
-                   "its accuracy is checked (default 0: off)")
+                   "its accuracy is checked (default 512; 0: judge candidates with the original's statistics)")
     s.add_argument("--recover-images", type=int, default=0, metavar="IMAGES",
                    help="fine-tune every candidate for one pass over this many training images (a fixed random "
                    "subset; --lr, --train-batch-size) before its accuracy is checked, so that the search judges "
@@ -101,7 +104,8 @@ FREE = ("max_checks", "time_budget", "structured_epochs", "finetune_epochs", "ce
 
 
 def run(args) -> int:
-    nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images", "recover_images")
+    nonnegative(args, "structured_epochs", "finetune_epochs", "centroid_epochs", "val_images", "recover_images",
+                "pca_images")
     config = SearchConfig(
         pipeline=Pipeline(order=args.order, structured=args.structured, conv_bits=args.conv_bits,
                           fc_bits=args.fc_bits, quantize=args.quantize, round_to=args.round_to,
@@ -130,8 +134,9 @@ def run(args) -> int:
     if args.quantize:  # int8 activation ranges: clean training images
         images = some(job.train, args.calibration_images, args.seed, "--calibration-images")
         calibration = [x.numpy() for x, _ in job.evaluator(images, 32).batches]
-    if args.recalibrate:  # BatchNorm statistics: training images augmented as in training
-        recalibration = job.recalibration(args.recalibrate)
+    if args.recalibrate or args.structured == "pca":  # BatchNorm statistics, PCA: training images augmented
+        # as in training (recalibration reads the first --recalibrate of them)
+        recalibration = job.recalibration(max(args.recalibrate, args.pca_images if args.structured == "pca" else 0))
     result = search(job.model.cpu().eval(), job.evaluator(val, args.batch_size), job.out_meta(), config, args.out,
                     finetune=finetune, say=say, calibration=calibration, recovery=recovery,
                     recalibration=recalibration)

@@ -9,6 +9,7 @@ model file of the channel-pruned fp32 model.
 from __future__ import annotations
 
 import copy
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ from ..deep import (
 from ..errors import ConfigError
 from ..finetune import Finetune
 from ..io import ModelMeta, save_model
-from ..prune import ChannelPruning, analyze, apply_plan, plan_channels
+from ..prune import IMPORTANCE, ChannelPruning, analyze, apply_plan, plan_channels
+from ..prune.pca import activation_spectra, significant_components
 from ..train import recalibrate_batchnorm
 
-__all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS", "STAGES", "Finetune"]
+__all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS", "STAGES", "Finetune", "pca_variance"]
 
 ORDERS = ("ns-dc", "dc-ns", "ns", "dc")
 
@@ -44,12 +46,20 @@ step (zeros held by a mask hook), and after weight sharing (centroids trained)."
 
 
 
+def pca_variance(ratio: float) -> float:
+    """The variance share PCA keeps at the search's structured `ratio`: 1 - ratio**3, so that the grid's first
+    steps fall where PCA widths change most (0.1: 99.9%, 0.2: 99.2%, 0.3: 97.3%, 0.5: 87.5%); 0 keeps all."""
+    return 1 - ratio ** 3
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """Which methods, in which order, with which fixed settings. Pure data.
 
     `order`: 'ns-dc' (slimming first), 'dc-ns' (deep compression's pruning first), 'ns' or 'dc' alone.
-    `structured`: the channel importance (slimming = |BN gamma|, or l1, l2, fpgm).
+    `structured`: the channel importance (slimming = |BN gamma|, or l1, l2, fpgm), or "pca": each layer keeps
+    as many channels (of largest L1 norm) as the components that explain `pca_variance(ratio)` of its activations'
+    variance (`prune.pca`: the third paper's width selection, as a knob the search turns).
     `quantize`: 'int8' makes int8 post-training quantization the last step: a candidate is then the int8 ONNX
     file (its size is that file's, its accuracy ONNX Runtime's). Structured pruning only ('ns'): the int8 file
     stores dense weights, so deep compression's zeros and shared values would not shrink it.
@@ -73,6 +83,8 @@ class Pipeline:
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise ConfigError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}")
+        if self.structured != "pca" and self.structured not in IMPORTANCE:
+            raise ConfigError(f"structured must be pca or one of {', '.join(IMPORTANCE)}; got {self.structured!r}")
         if self.quantize not in (None, "int8"):
             raise ConfigError(f"quantize must be int8 or nothing; got {self.quantize!r}")
         if self.quantize and "dc" in self.order.split("-"):
@@ -108,14 +120,18 @@ class Compressor:
                  recalibration: Sequence[np.ndarray | torch.Tensor] | None = None):
         """`calibration`: training batches (numpy, normalised, not augmented) for the int8 step; needed only with
         quantize. `recalibration`: training batches for BatchNorm recalibration, augmented as in training
-        (`train.recalibrate_batchnorm`); needed only with recalibrate, `calibration` if not given."""
+        (`train.recalibrate_batchnorm`), and the images PCA measures with structured="pca"; needed only then,
+        `calibration` if not given."""
         if pipeline.quantize and not calibration:
             raise ConfigError("quantizing candidates needs calibration batches of training images")
         recalibration = recalibration if recalibration is not None else calibration
-        if pipeline.recalibrate and not recalibration:
-            raise ConfigError("recalibrating candidates needs batches of training images (recalibration=...)")
+        pca = pipeline.structured == "pca" and "ns" in pipeline.axes
+        if (pipeline.recalibrate or pca) and not recalibration:
+            raise ConfigError(("PCA widths need" if pca else "recalibrating candidates needs")
+                              + " batches of training images (recalibration=...)")
         self.calibration = list(calibration) if calibration else None
-        self.recalibration = [torch.as_tensor(x) for x in recalibration] if pipeline.recalibrate else None
+        self.recalibration = [torch.as_tensor(x) for x in recalibration] if pipeline.recalibrate or pca else None
+        self._spectra: dict[str, torch.Tensor] | None = None
         self.model = copy.deepcopy(model).cpu().eval()
         self.pipeline = pipeline
         self.meta = meta
@@ -212,6 +228,22 @@ class Compressor:
             trusted = {g.name for g in self._graph.groups}
             graph.groups = [g for g in graph.groups if g.name in trusted]
             graph.excluded = dict(self._graph.excluded)
-        config = ChannelPruning(method=self.pipeline.structured, ratio=ratio, skip=self.pipeline.skip,
-                                round_to=self.pipeline.round_to, residual_stream=self.pipeline.residual_stream)
+        if self.pipeline.structured == "pca":
+            config = ChannelPruning(method="l1", widths=self._pca_widths(ratio), skip=self.pipeline.skip,
+                                    round_to=self.pipeline.round_to, residual_stream=self.pipeline.residual_stream)
+        else:
+            config = ChannelPruning(method=self.pipeline.structured, ratio=ratio, skip=self.pipeline.skip,
+                                    round_to=self.pipeline.round_to, residual_stream=self.pipeline.residual_stream)
         return apply_plan(graph, plan_channels(graph, config)).model
+
+    def _pca_widths(self, ratio: float) -> dict[str, int]:
+        """Each group's width at `ratio`: its PCA components at `pca_variance(ratio)`, measured once on the
+        original model (a magnitude-pruned model keeps the original's widths)."""
+        if self._spectra is None:
+            residual = set() if self.pipeline.residual_stream else self._graph.residual_groups()
+            images = sum(len(x) for x in self.recalibration)
+            spectra = activation_spectra(self._graph, self.recalibration, images)
+            self._spectra = {g.name: spectra[g.name].eigenvalues for g in self._graph.groups
+                             if g.name in spectra and g.name not in residual and g.blocks == 1}
+        variance = pca_variance(ratio)
+        return {re.escape(name): significant_components(eig, variance) for name, eig in self._spectra.items()}

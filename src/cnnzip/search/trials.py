@@ -61,6 +61,8 @@ class Trials:
         if compressor.pipeline.recalibrate:  # recalibrated trials are other trials: never mixed in a replay,
             self._key["recalibrate"] = compressor.pipeline.recalibrate  # nor with trials on other images
             self._key["recalibration_images"] = _digest(compressor.recalibration)
+        if compressor.pipeline.structured == "pca" and "ns" in compressor.pipeline.axes:
+            self._key["pca_images"] = _digest(compressor.recalibration)  # PCA widths come from these images
         if (recovery is None) != (recovery_key is None):
             raise ValueError("a recovery fine-tune needs its key for the records, and only it")
         if recovery_key is not None:  # and so are recovered ones, recovered the same way
