@@ -2,6 +2,8 @@
 trials, side by side.
 
     python benchmarks/search_recovery.py --drops 0.01 --orders dc,ns-dc --recover-images 2000 --threads 1
+    python benchmarks/search_recovery.py --drops 0.01,0.03,0.08 --orders dc,ns-dc,dc-ns --modes raw,recalibrated \
+        --threads 1 --out-name search_recalibrated_resnet56
 
 Subject, data and grid as `search_minimal_size.py --model resnet56 --step 0.1`: the JPEG-fine-tuned ResNet-56
 (`baseline_resnet56.py`), decisions on 2,000 of the 5,000 held-out training images (seed 0; optimistic, as the
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--step", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out-name", default="search_recovery_resnet56", help="results/<name>.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ensure()
@@ -108,7 +111,7 @@ def main() -> None:
                      f"{row['cost']['checks']:.0f} | {row['cost']['size_builds']:.0f} | "
                      f"{row['cost']['seconds']:.0f} | {row['cost'].get('recovery_seconds', 0):.0f} |")
     print("\n".join(lines))
-    save("search_recovery_resnet56", {"args": vars(args), "results": results, "table": "\n".join(lines),
+    save(args.out_name, {"args": vars(args), "results": results, "table": "\n".join(lines),
                                       "data": f"validation: {args.val_images} of the 5,000 held-out training images "
                                               "(seed 0); recalibration and recovery on the other training images; "
                                               "test: the 10,000 JPEG test images, once per winner"})
