@@ -498,3 +498,31 @@ def test_pca_prune_designs_trains_prunes_and_resumes(tmp_path, capsys, digits_mo
                       (["--pca-images", "5"], "more images")):
         assert main(["pca-prune", str(path), *bad, "--out", str(tmp_path / "bad")]) == 2
         assert flag in capsys.readouterr().err
+
+
+def test_every_fine_tune_can_distill_from_a_teacher(tmp_path, capsys, digits_model):
+    path = digits_model(3)
+    from cnnzip.distill.relation import RelationDistillation
+
+    seen = []
+    original = RelationDistillation.loss
+
+    def spy(self, *a, **k):
+        seen.append((self.kind, tuple(self.pairs.items())))
+        return original(self, *a, **k)
+
+    RelationDistillation.loss = spy
+    try:
+        assert main(["prune", str(path), "--ratio", "0.5", "--finetune-epochs", "1", "--distill", "relation",
+                     "--relation", "sp", "--distill-layers", "features.3", "--latency-batches", "none",
+                     "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    finally:
+        RelationDistillation.loss = original
+    assert seen and set(seen) == {("sp", (("features.3", "features.3"),))}
+    capsys.readouterr()
+    base = ["prune", str(path), "--ratio", "0.5", "--finetune-epochs", "1", "--latency-batches", "none"]
+    for bad, says in ((["--distill", "feature"], "needs the layers"),
+                      (["--distill", "feature", "--distill-layers", "features.99"], "features.99"),
+                      (["--distill", "--teacher", str(tmp_path / "none.pt")], "none.pt")):
+        assert main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
+        assert says in capsys.readouterr().err

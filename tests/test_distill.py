@@ -105,3 +105,28 @@ def test_bad_input_gets_one_clear_error():
         RelationDistillation(teacher, student, [], example)
     with pytest.raises(ConfigError, match="same kind"):
         FeatureDistillation(teacher, student, {"layer1": "linear"}, example)
+
+
+def test_distilling_builds_the_hooks_for_each_fine_tunes_own_model():
+    from cnnzip.distill import DistillSpec, distilling
+    from cnnzip.distill.feature import FeatureDistillation as Feature
+
+    teacher = create_model("resnet20", width=0.5).eval()
+    calls = []
+
+    def finetune(stage, model, hooks=(), *, tag=None, parameters=None):
+        calls.append((stage, [type(h).__name__ for h in hooks],
+                      [tuple(p.shape) for h in hooks if isinstance(h, Feature) for p in h.parameters()]))
+
+    wrapped = distilling(finetune, DistillSpec("feature", layers=("layer3",)), teacher, torch.zeros(1, *SHAPE))
+    wrapped("a", create_model("resnet20", width=0.25), ["mask"], tag="x")
+    wrapped("b", create_model("resnet20", width=0.5))
+    # each call's adapter maps that call's model's channels (16, then 32) to the teacher's 32
+    assert calls == [("a", ["str", "FeatureDistillation"], [(32, 16, 1, 1)]),
+                     ("b", ["FeatureDistillation"], [(32, 32, 1, 1)])]
+    with pytest.raises(ConfigError, match="needs the layers"):
+        DistillSpec("relation")
+    with pytest.raises(ConfigError, match="one of response"):
+        DistillSpec("attention")
+    with pytest.raises(ConfigError, match="'layer7'"):
+        distilling(finetune, DistillSpec("relation", layers=("layer7",)), teacher, torch.zeros(1, *SHAPE))

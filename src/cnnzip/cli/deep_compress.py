@@ -9,6 +9,7 @@ from ..report import Section, stage_sizes_plot
 from .options import (
     Progress,
     add_data_args,
+    add_distill_args,
     add_model_args,
     add_out_args,
     nonnegative,
@@ -45,6 +46,7 @@ def add_arguments(s) -> None:
     s.add_argument("--fc-bits", type=int, default=5, help="index bits for linear layers")
     s.add_argument("--finetune-epochs", type=int, default=0, help="epochs after pruning, masks fixed")
     s.add_argument("--centroid-epochs", type=int, default=0, help="epochs of centroid fine-tuning after sharing")
+    add_distill_args(s, kinds=True)
     s.add_argument("--lr", type=float, default=0.01)
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--no-augment", action="store_true")
@@ -72,9 +74,10 @@ def run(args) -> int:
         accuracy[f"{stage} (before fine-tune)"] = test.evaluate(m).accuracy
         say(f"fine-tuning ({stage}) for {finetune.epochs[stage]} epochs")
 
-    finetune = job.finetuner({"pruned": args.finetune_epochs, "shared": args.centroid_epochs}, on_start=before_stage,
-                             sparsity=args.sparsity, std=args.std_multiplier, scope=args.scope, skip=args.skip,
-                             bits=[args.conv_bits, args.fc_bits])
+    finetune = job.distilling(job.finetuner({"pruned": args.finetune_epochs, "shared": args.centroid_epochs},
+                                            on_start=before_stage, sparsity=args.sparsity, std=args.std_multiplier,
+                                            scope=args.scope, skip=args.skip, bits=[args.conv_bits, args.fc_bits],
+                                            **job.distill_key()))
     say("magnitude pruning and weight sharing (k-means per layer)")
     shared, books = deep_compress(job.model, pruning, sharing, finetune=finetune)
     accuracy["compressed"] = test.evaluate(shared).accuracy

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from ..distill import Distillation
 from ..errors import ConfigError
 from ..measure import count_macs, count_parameters
 from ..prune.dynamic import DynamicPruning, dynamic_prune
@@ -55,10 +54,8 @@ def add_arguments(s) -> None:
                    "fixed random subset): cheap feedback, sized for a CPU; 0: all of them")
     s.add_argument("--recover-epochs", type=int, default=2, help="fine-tune each iteration's winner this many "
                    "epochs on all training images before the next iteration starts (0: never)")
-    s.add_argument("--distill", action="store_true", help="fine-tune trials and recoveries with knowledge "
-                   "distillation from MODEL (--temperature, --alpha): faster recovery on short budgets; the paper "
-                   "uses plain cross-entropy")
-    add_distill_args(s)
+    add_distill_args(s, kinds=True)  # trials and recoveries learn from MODEL: faster recovery on short budgets
+    # (the paper uses plain cross-entropy)
     s.add_argument("--lower", type=float, default=0.5, help="initial lower end of the threshold interval")
     s.add_argument("--upper", type=float, default=1.0)
     s.add_argument("--tolerance", type=float, default=0.03, help="stop when the interval is narrower")
@@ -89,12 +86,11 @@ def run(args) -> int:
     # More --iterations extend a run: the fine-tunes' checkpoints do not depend on them.
     key = str({k: v for k, v in asdict(config).items() if k != "iterations" and (k != "recalibrate" or v)})
     # (recorded only when given: runs from before the option still resume)
-    distill = {"distill": {"temperature": args.temperature, "alpha": args.alpha}} if args.distill else {}
-    hooks = [Distillation(job.model, **distill["distill"])] if distill else []
+    distill = job.distill_key()
     trials = job.batches(some(job.train, args.trial_images, args.seed, "--trial-images"))
-    finetune = job.finetuner({"trial": args.epochs, "recover": args.recover_epochs},
-                             {"trial": trials, "recover": job.batches(job.train)}, hooks=hooks, config=key,
-                             trial_images=args.trial_images, **distill)
+    finetune = job.distilling(job.finetuner({"trial": args.epochs, "recover": args.recover_epochs},
+                                            {"trial": trials, "recover": job.batches(job.train)}, config=key,
+                                            trial_images=args.trial_images, **distill))
     training = {"epochs": args.epochs, "trial_images": args.trial_images, "recover_epochs": args.recover_epochs,
                 "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "augment": not args.no_augment,
                 **distill}

@@ -8,6 +8,7 @@ fine-tuner with its resumable checkpoints) is built here, once.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..data import Loader, load_dataset, train_val_split
 from ..deploy import OnnxModel
+from ..distill import DISTILL_KINDS, DistillSpec, distilling
 from ..errors import ConfigError
 from ..finetune import Finetuner
 from ..io import (
@@ -82,8 +84,21 @@ def add_common_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
-def add_distill_args(s: argparse.ArgumentParser) -> None:
-    """The distillation settings (Hinton et al. 2015) shared by the commands that distill."""
+def add_distill_args(s: argparse.ArgumentParser, kinds: bool = False) -> None:
+    """The distillation settings shared by the commands that distill; with `kinds`, also --distill KIND and what
+    the feature and relation losses need (`Prepared.distilling` applies them)."""
+    if kinds:
+        s.add_argument("--distill", nargs="?", const="response", choices=list(DISTILL_KINDS), default=False,
+                       help="fine-tune with knowledge distillation from MODEL (or --teacher): response (soft "
+                       "targets, the default), feature (FitNets: the --distill-layers' feature maps through a "
+                       "trained 1x1 adapter) or relation (--relation rkd or sp, on the --distill-layers)")
+        s.add_argument("--teacher", type=Path, default=None, help="the teacher's cnnzip model file (default: MODEL)")
+        s.add_argument("--distill-layers", default="", metavar="NAMES", help="comma-separated layers whose "
+                       "features feature and relation distillation match (e.g. layer3)")
+        s.add_argument("--relation", choices=["rkd", "sp"], default="rkd", help="the relation loss: RKD distances "
+                       "and angles, or similarity-preserving")
+        s.add_argument("--distill-weight", type=float, default=None, help="weight of the feature or relation term "
+                       "(default: 1 for feature and rkd, 3000 for sp)")
     s.add_argument("--temperature", type=float, default=4.0)
     s.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
 
@@ -202,6 +217,7 @@ class Prepared:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     say: Progress = field(default_factory=Progress)
+    _teacher: nn.Module | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -228,6 +244,42 @@ class Prepared:
         """An Evaluator of `split`; `on_device` puts the batches on the command's device."""
         loader = Loader(split, batch_size, mean=self.mean, std=self.std, device=self.device if on_device else "cpu")
         return Evaluator(loader, device=device)
+
+    def distill_spec(self) -> DistillSpec | None:
+        """The command's --distill settings, checked (None without --distill)."""
+        if not getattr(self.args, "distill", None):
+            return None
+        layers = tuple(n.strip() for n in self.args.distill_layers.split(",") if n.strip())
+        return DistillSpec(self.args.distill, layers, self.args.relation, self.args.temperature, self.args.alpha,
+                           self.args.distill_weight)
+
+    def teacher(self) -> nn.Module:
+        """--teacher, checked against the data, or MODEL itself (a copy, taken now: MODEL may change later)."""
+        if self._teacher is None:
+            if getattr(self.args, "teacher", None) is None:
+                self._teacher = copy.deepcopy(self.model).cpu().eval()
+            else:
+                check_model_file(self.args.teacher, None)
+                teacher, meta = load_any(self.args.teacher)
+                check_fits(teacher, meta, self.data, str(self.args.teacher))
+                self._teacher = teacher.cpu().eval()
+        return self._teacher
+
+    def distilling(self, finetune):
+        """`finetune`, distilling from the teacher as --distill says (unchanged without it). Call it before
+        any long work: it checks the settings, the teacher and its layers."""
+        spec = self.distill_spec()
+        if spec is None:
+            return finetune
+        return distilling(finetune, spec, self.teacher(), torch.zeros(1, *self.shape))
+
+    def distill_key(self) -> dict[str, Any]:
+        """What the fine-tunes' checkpoints and run records must know of --distill."""
+        spec = self.distill_spec()
+        if spec is None:
+            return {}
+        teacher = getattr(self.args, "teacher", None)
+        return {"distill": spec.as_dict() | ({"teacher": file_digest(teacher)} if teacher is not None else {})}
 
     def out_meta(self, **notes: Any):
         """The ModelMeta of what this command writes: its normalisation, input shape and classes."""

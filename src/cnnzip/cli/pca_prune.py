@@ -13,6 +13,7 @@ from ..report import Section
 from .options import (
     Progress,
     add_data_args,
+    add_distill_args,
     add_finetune_args,
     add_model_args,
     nonnegative,
@@ -59,6 +60,7 @@ def add_arguments(s) -> None:
     s.add_argument("--finetune-epochs", type=int, default=2, help="epochs that fine-tune the FPGM-pruned network")
     s.add_argument("--recalibrate", type=int, default=512, metavar="IMAGES", help="re-estimate BatchNorm "
                    "statistics on this many training images after the FPGM surgery (0: off)")
+    add_distill_args(s, kinds=True)
     add_finetune_args(s, "runs/pca-prune")
 
 
@@ -74,16 +76,17 @@ def run(args) -> int:
     val = job.require_val("pca-prune measures every stage on a validation split")
     train_lr = args.train_lr if args.train_lr is not None else (args.lr if args.inherit else 0.1)
     tune = job.finetuner({"pca": args.train_epochs, "fpgm": args.finetune_epochs}, config=str(config),
-                         train_lr=train_lr)
+                         train_lr=train_lr, **job.distill_key())
     train = replace(tune, config=replace(tune.config, lr=train_lr))
 
     def finetune(stage, model, hooks=(), *, tag=None, parameters=None):
         (train if stage == "pca" else tune)(stage, model, hooks, tag=tag, parameters=parameters)
 
+    finetune = job.distilling(finetune)  # from MODEL (or --teacher) with --distill
     sample = Loader(some(job.train, args.pca_images, args.seed, "--pca-images"), 256, mean=job.mean, std=job.std)
     recalibration = job.recalibration(args.recalibrate) if args.recalibrate else None
     training = {"train_epochs": args.train_epochs, "train_lr": train_lr, "finetune_epochs": args.finetune_epochs,
-                "lr": args.lr, "batch_size": args.batch_size, "augment": not args.no_augment}
+                "lr": args.lr, "batch_size": args.batch_size, "augment": not args.no_augment, **job.distill_key()}
     model = job.model.cpu().eval()
     meta = job.out_meta(**{"from": str(args.model_path), "pca_prune": True})
     result = mixed_prune(model, config, sample, finetune, meta, args.out, evaluator=job.evaluator(val),

@@ -17,6 +17,7 @@ from ..train import recalibrate_batchnorm
 from .options import (
     Progress,
     add_data_args,
+    add_distill_args,
     add_model_args,
     add_out_args,
     int_list,
@@ -69,6 +70,7 @@ def add_arguments(s) -> None:
     s.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="give up if finding and verifying the channels takes longer (before any fine-tuning)")
     s.add_argument("--finetune-epochs", type=int, default=0)
+    add_distill_args(s, kinds=True)
     s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
     s.add_argument("--no-augment", action="store_true", help="fine-tune without random crop and flip")
     s.add_argument("--batch-size", type=int, default=128)
@@ -115,6 +117,8 @@ def run(args) -> int:
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)
+    if args.finetune_epochs > 0:
+        job.distill_spec(), job.teacher()  # --distill's settings and --teacher, checked before the surgery
     test = job.evaluator(job.data.test, device="cpu")
 
     def measure(m, latency=True):
@@ -145,8 +149,9 @@ def run(args) -> int:
     if args.finetune_epochs > 0:
         rows["pruned"] = measure(pruned, latency=False)
         validate = job.evaluator(job.val, on_device=True) if job.val is not None else None
-        finetune = job.finetuner({"finetune": args.finetune_epochs}, evaluator=validate, pruning=config.__dict__,
-                                 removed=result.removed)
+        finetune = job.distilling(job.finetuner({"finetune": args.finetune_epochs}, evaluator=validate,
+                                                pruning=config.__dict__, removed=result.removed,
+                                                **job.distill_key()))
         say(f"fine-tuning for {args.finetune_epochs} epochs")
         finetune("finetune", pruned)
         say("measuring the fine-tuned model")

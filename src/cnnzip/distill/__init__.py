@@ -8,6 +8,7 @@
 from .feature import FeatureDistillation
 from .relation import RelationDistillation, rkd_loss, sp_loss
 from .response import Distillation, distillation_loss
+from .spec import DISTILL_KINDS, DistillSpec, distillation_hooks, distilling
 
 __all__ = ["Distillation", "distillation_loss", "FeatureDistillation", "RelationDistillation", "rkd_loss",
-           "sp_loss"]
+           "sp_loss", "DistillSpec", "distillation_hooks", "distilling", "DISTILL_KINDS"]

@@ -79,6 +79,11 @@ class FeatureDistillation(TrainHook):
                               "distillation needs the same classes")
         self.pairs, self.weight, self.features = pairs, weight, tuple(pairs)
         self.adapters = nn.ModuleDict()
+        with torch.random.fork_rng():  # the same adapters every time, whatever the caller's random state
+            torch.manual_seed(0)
+            self._build_adapters(pairs, s_shapes, t_shapes)
+
+    def _build_adapters(self, pairs: dict[str, str], s_shapes: dict, t_shapes: dict) -> None:
         for i, (s_name, t_name) in enumerate(pairs.items()):
             s, t = s_shapes[s_name], t_shapes[t_name]
             if len(s) != len(t):
