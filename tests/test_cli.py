@@ -526,3 +526,26 @@ def test_every_fine_tune_can_distill_from_a_teacher(tmp_path, capsys, digits_mod
                       (["--distill", "--teacher", str(tmp_path / "none.pt")], "none.pt")):
         assert main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_distill_trains_a_student_from_a_teacher_with_any_mix_of_losses(tmp_path, capsys, digits_model):
+    teacher = digits_model(3)
+    common = ["--student", "small_cnn", "--student-width", "0.5", "--epochs", "1", "--no-progress"]
+    assert main(["distill", str(teacher), *common, "--losses", "response,feature,relation",
+                 "--distill-layers", "features.3,features.7", "--out", str(tmp_path / "all")]) == 0
+    assert "student" in capsys.readouterr().out
+    report = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert report["rows"]["student"]["params"] < report["rows"]["teacher"]["params"]
+    model, meta = load_model(tmp_path / "all" / "model.pt")
+    assert count_parameters(model) == report["rows"]["student"]["params"] and meta.notes["distilled_from"]
+    checkpoint = torch.load(tmp_path / "all" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["identity"]["hooks"] == ["Distillation", "FeatureDistillation", "RelationDistillation"]
+    assert len(checkpoint["hook_parameters"]) == 2  # one adapter per feature layer
+    for bad, says in ((["--student", "nope"], "not in the zoo"), (["--losses", "feature"], "needs the layers"),
+                      (["--losses", "response,response"], "at most once"),
+                      (["--losses", "relation", "--distill-layers", "features.3:nope"], "'nope'")):
+        args = ["distill", str(teacher), *common, *bad, "--out", str(tmp_path / "bad")]
+        if "--student" in bad:
+            args = ["distill", str(teacher), *bad, "--out", str(tmp_path / "bad")]
+        assert main(args) == 2
+        assert says in capsys.readouterr().err

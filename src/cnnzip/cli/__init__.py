@@ -18,6 +18,7 @@ from ..errors import CnnzipError, ConfigError
 from . import (
     deep_compress,
     demo,
+    distill,
     dynamic_prune,
     evaluate,
     export,
@@ -34,8 +35,8 @@ from .options import add_common_args
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, pca_prune, quantize,
-            export, info)
+COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, pca_prune, distill,
+            quantize, export, info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

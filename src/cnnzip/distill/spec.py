@@ -33,7 +33,8 @@ DISTILL_KINDS = ("response", "feature", "relation")
 class DistillSpec:
     """Pure data. `kind`: response (soft targets, `temperature` and `alpha`), feature (FitNets on `layers`) or
     relation (`relation`: rkd or sp, on `layers`); `weight` scales the feature or relation term (None: the
-    kind's default). Layer names are the student's; the teacher's layers of the same names are matched."""
+    kind's default). A layer is named "student:teacher" where the two architectures differ, else by one name
+    both have."""
 
     kind: str = "response"
     layers: tuple[str, ...] = ()
@@ -67,15 +68,17 @@ def distillation_hooks(spec: DistillSpec, teacher: nn.Module, student: nn.Module
     """The hooks that make `student` learn from `teacher` as `spec` says."""
     if spec.kind == "response":
         return [Distillation(teacher, spec.temperature, spec.alpha)]
+    pairs = dict(name.split(":", 1) if ":" in name else (name, name) for name in spec.layers)
     if spec.kind == "feature":
-        return [FeatureDistillation(teacher, student, spec.layers, example_input, spec.weight or 1.0)]
-    return [RelationDistillation(teacher, student, spec.layers, example_input, spec.relation, spec.weight)]
+        return [FeatureDistillation(teacher, student, pairs, example_input, spec.weight or 1.0)]
+    return [RelationDistillation(teacher, student, pairs, example_input, spec.relation, spec.weight)]
 
 
 def distilling(finetune: Finetune, spec: DistillSpec, teacher: nn.Module, example_input: torch.Tensor) -> Finetune:
     """`finetune`, with each call's model also learning from `teacher` (hooks built for that model)."""
     teacher = copy.deepcopy(teacher).cpu().eval()
-    distillation_hooks(spec, teacher, teacher, example_input)  # bad layer names fail now, not mid-run
+    if all(":" not in name for name in spec.layers):  # the student is the teacher's architecture, narrowed
+        distillation_hooks(spec, teacher, teacher, example_input)  # bad layer names fail now, not mid-run
 
     def run(stage: str, model: nn.Module, hooks: Sequence[TrainHook] = (), *, tag: str | None = None,
             parameters: Sequence[nn.Parameter] | None = None) -> None:
