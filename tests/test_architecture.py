@@ -19,7 +19,7 @@ LAYERS = {
     "io": 2, "measure": 2,
     "train": 3,
     "finetune": 4,
-    "prune": 5, "deep": 5, "distill": 5, "deploy": 5, "quantize": 5,  # method families
+    "prune": 5, "deep": 5, "distill": 5, "deploy": 5, "quantize": 5, "lowrank": 5,  # method families
     "report": 6,
     "search": 7,
     "cli": 8, "__init__": 8,

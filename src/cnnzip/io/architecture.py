@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..models import RemovedBlock, create_model, remove_blocks
+from ..models import FactoredConv2d, FactoredLinear, RemovedBlock, create_model, factor_layers, remove_blocks
 from ..models.resnet_cifar import PadShortcut
 
 __all__ = ["layer_widths", "apply_widths", "rebuild", "probe_output", "check_probe"]
 
+FACTORED = (FactoredConv2d, FactoredLinear)
 _WIDTH_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, PadShortcut)
 
 
@@ -76,19 +77,22 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
 
 def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None,
             path: str | Path, removed: Sequence[str] = (),
-            shapes: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+            shapes: Mapping[str, Sequence[int]] | None = None,
+            factored: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
     """The saved architecture, weights still to load: the zoo model from `spec` (or the caller's fresh `model`
-    for architectures outside the zoo), without the removed blocks, narrowed to the saved widths.
+    for architectures outside the zoo), without the removed blocks, its `factored` layers (name -> ranks)
+    replaced by low-rank factors, narrowed to the saved widths.
 
     With `shapes` (the tensors the file holds, name -> shape), the architecture is built on the meta device,
     which allocates nothing, and must have exactly those tensors; only then is memory taken, for the narrowed
     tensors alone. A file whose header asks for more than its own tensors justify is refused first.
     """
+    factored = dict(factored or {})
     if shapes is None:
-        return _build(spec, widths, model, path, removed)
+        return _build(spec, widths, model, path, removed, factored)
     with torch.device("meta"):
         skeleton = _build(spec, widths, copy.deepcopy(model).to("meta") if model is not None else None, path,
-                          removed)
+                          removed, factored)
     built = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     held = {k: tuple(v) for k, v in shapes.items()}
     wrong = sorted(k for k in built.keys() | held.keys()
@@ -98,7 +102,7 @@ def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | 
                          f"{wrong[0]} is {held.get(wrong[0])} in the file, {built.get(wrong[0])} in the "
                          "architecture)")
     if any(m._non_persistent_buffers_set for m in skeleton.modules()):
-        return _build(spec, widths, model, path, removed)  # buffers no file holds: build them for real
+        return _build(spec, widths, model, path, removed, factored)  # buffers no file holds: build them for real
     real = skeleton.to_empty(device="cpu")  # every tensor comes from the file
     for name, buf in real.named_buffers():
         if name.endswith("num_batches_tracked"):
@@ -107,7 +111,7 @@ def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | 
 
 
 def _build(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None, path: str | Path,
-           removed: Sequence[str]) -> nn.Module:
+           removed: Sequence[str], factored: Mapping[str, Sequence[int]]) -> nn.Module:
     if model is None:
         if spec is None:
             raise ModelError(f"{path} holds a model from outside the zoo: load it with load(path, "
@@ -121,6 +125,12 @@ def _build(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | N
         remove_blocks(model, [n for n in removed if not isinstance(model.get_submodule(n), RemovedBlock)])
     except AttributeError as e:
         raise ModelError(f"{path} removed a block this architecture lacks ({e}); is it the same model class?") from e
+    try:
+        factor_layers(model, {n: list(r) for n, r in factored.items() if not isinstance(model.get_submodule(n),
+                                                                                         FACTORED)})
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ModelError(f"{path} factored a layer this architecture lacks or cannot factor ({e}); is it the same "
+                         "model class?") from e
     return apply_widths(model, widths)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..models import create_model, load_weights, read_checkpoint, removed_blocks
+from ..models import create_model, factored_layers, load_weights, read_checkpoint, removed_blocks
 from .architecture import check_probe, layer_widths, probe_output, rebuild
 from .atomic import atomic_save
 from .meta import ModelMeta
@@ -33,7 +33,8 @@ def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
     spec = getattr(model, "cnnzip_spec", None)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     atomic_save({"format": FORMAT, "version": VERSION, "spec": dict(spec) if spec is not None else None,
-                 "widths": layer_widths(model), "removed": removed_blocks(model), "meta": meta.as_dict(),
+                 "widths": layer_widths(model), "removed": removed_blocks(model), "factored": factored_layers(model),
+                 "meta": meta.as_dict(),
                  "state_dict": state,
                  "probe": probe_output(model, meta.input_shape)}, path)
     return Path(path)
@@ -54,7 +55,7 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path} is corrupt: its state dict is not a dict of tensors")
     model = rebuild(blob.get("spec"), blob.get("widths", {}), model, path, blob.get("removed", ()),
-                    shapes={k: v.shape for k, v in state.items()})
+                    shapes={k: v.shape for k, v in state.items()}, factored=blob.get("factored", {}))
     load_weights(model, state)
     meta = ModelMeta.from_dict(blob["meta"])
     if blob.get("probe") is not None:

@@ -12,7 +12,8 @@ here explicitly, so the registry holds exactly the families listed below.
 from . import alexnet, densenet, mobilenet, resnet_cifar, small, vgg  # noqa: F401
 from ._checkpoint import load_weights, read_checkpoint
 from ._registry import create_model, list_models, register_model
+from .factored import FactoredConv2d, FactoredLinear, factor_layers, factored_layers
 from .removed import RemovedBlock, remove_blocks, removed_blocks
 
 __all__ = ["create_model", "list_models", "load_weights", "read_checkpoint", "register_model", "RemovedBlock", "remove_blocks",
-           "removed_blocks"]
+           "removed_blocks", "FactoredConv2d", "FactoredLinear", "factor_layers", "factored_layers"]
