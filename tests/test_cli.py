@@ -549,3 +549,21 @@ def test_distill_trains_a_student_from_a_teacher_with_any_mix_of_losses(tmp_path
             args = ["distill", str(teacher), *bad, "--out", str(tmp_path / "bad")]
         assert main(args) == 2
         assert says in capsys.readouterr().err
+
+
+def test_decompose_factors_fine_tunes_and_reloads(tmp_path, capsys, digits_model):
+    path = digits_model(3)
+    out = tmp_path / "lr"
+    assert main(["decompose", str(path), "--macs-reduction", "0.4", "--finetune-epochs", "1", "--latency-batches",
+                 "none", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "factored" in printed
+    report = json.loads((out / "report.json").read_text())
+    rows = report["rows"]
+    assert rows["decomposed+finetuned"]["macs"] <= 0.6 * rows["original"]["macs"] and report["ranks"]
+    model, meta = load_model(out / "decomposed.pt")
+    assert count_parameters(model) == rows["decomposed+finetuned"]["params"] and meta.notes["decomposed"]
+    for bad, says in ((["--energy", "1.5"], "energy"), (["--macs-reduction", "0.999"], "rank 1"),
+                      (["--energy", "0.5", "--finetune-epochs", "1", "--distill", "feature"], "needs the layers")):
+        assert main(["decompose", str(path), *bad, "--latency-batches", "none", "--out", str(tmp_path / "b")]) == 2
+        assert says in capsys.readouterr().err

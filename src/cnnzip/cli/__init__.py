@@ -16,6 +16,7 @@ import torch
 
 from ..errors import CnnzipError, ConfigError
 from . import (
+    decompose,
     deep_compress,
     demo,
     distill,
@@ -35,8 +36,8 @@ from .options import add_common_args
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, pca_prune, distill,
-            quantize, export, info)
+COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, pca_prune, decompose,
+            distill, quantize, export, info)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
