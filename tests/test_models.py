@@ -34,6 +34,7 @@ PARAMS = {
     "resnet44": 658_586,
     "resnet56": 853_018,
     "resnet110": 1_727_962,
+    "shufflenetv2": 1_263_854,  # equal to kuangliu/pytorch-cifar's ShuffleNetV2(net_size=1)
     "small_cnn": 24_346,
     "vgg11": 9_228_362,
     "vgg13": 9_413_066,
@@ -164,7 +165,8 @@ def test_builder_called_directly_records_spec() -> None:
     assert resnet20().cnnzip_spec == {"name": "resnet20", "num_classes": 10}
 
 
-@pytest.mark.parametrize("name", ["resnet20", "vgg11", "densenet40", "mobilenetv2", "alexnet", "small_cnn"])
+@pytest.mark.parametrize("name", ["resnet20", "vgg11", "densenet40", "mobilenetv2", "alexnet", "small_cnn",
+                                  "shufflenetv2"])
 def test_width_multiplier_shrinks(name: str) -> None:
     full, half, quarter = (n_params(create_model(name, width=w)) for w in (1.0, 0.5, 0.25))
     assert quarter < half < full
@@ -172,7 +174,7 @@ def test_width_multiplier_shrinks(name: str) -> None:
     assert tiny(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "vgg11", "densenet_bc_100", "mobilenetv2", "alexnet"])
+@pytest.mark.parametrize("name", ["resnet20", "vgg11", "densenet_bc_100", "mobilenetv2", "alexnet", "shufflenetv2"])
 def test_other_input_sizes_and_channels(name: str) -> None:
     model = create_model(name, in_channels=1, width=0.25).eval()
     with torch.no_grad():

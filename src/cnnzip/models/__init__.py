@@ -9,7 +9,7 @@ here explicitly, so the registry holds exactly the families listed below.
 """
 
 # Family modules are imported for their `@register_model` side effect, one explicit line, no star imports.
-from . import alexnet, densenet, mobilenet, resnet_cifar, small, vgg  # noqa: F401
+from . import alexnet, densenet, mobilenet, resnet_cifar, shufflenet, small, vgg  # noqa: F401
 from ._checkpoint import load_weights, read_checkpoint
 from ._registry import create_model, list_models, register_model
 from .factored import FactoredConv2d, FactoredLinear, factor_layers, factored_layers
