@@ -526,6 +526,8 @@ def test_every_fine_tune_can_distill_from_a_teacher(tmp_path, capsys, digits_mod
                       (["--distill", "--teacher", str(tmp_path / "none.pt")], "none.pt")):
         assert main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
         assert says in capsys.readouterr().err
+    assert main(["prune", str(path), "--ratio", "0.5", "--distill", "--out", str(tmp_path / "nothing")]) == 2
+    assert "give --finetune-epochs" in capsys.readouterr().err
 
 
 def test_distill_trains_a_student_from_a_teacher_with_any_mix_of_losses(tmp_path, capsys, digits_model):

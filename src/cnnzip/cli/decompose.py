@@ -59,6 +59,8 @@ def add_arguments(s) -> None:
 
 def run(args) -> int:
     nonnegative(args, "finetune_epochs")
+    if args.distill and args.finetune_epochs == 0:
+        raise ConfigError("--distill changes how the model is fine-tuned; give --finetune-epochs too")
     latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
     config = Decomposition(energy=args.energy, macs_reduction=args.macs_reduction, skip=tuple(args.skip))
     say = Progress(args.quiet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..deep import MagnitudePruning, WeightSharing, deep_compress, load_compressed, save_compressed, sparsity
+from ..errors import ConfigError
 from ..report import Section, stage_sizes_plot
 from .options import (
     Progress,
@@ -58,6 +59,9 @@ def add_arguments(s) -> None:
 
 def run(args) -> int:
     nonnegative(args, "finetune_epochs", "centroid_epochs")
+    if args.distill and args.finetune_epochs == 0 and args.centroid_epochs == 0:
+        raise ConfigError("--distill changes how the model is fine-tuned; give --finetune-epochs or --centroid-epochs "
+                          "too")
     pruning = None
     if args.sparsity is not None or args.std_multiplier is not None:
         pruning = MagnitudePruning(ratio=args.sparsity, std_multiplier=args.std_multiplier, scope=args.scope,

@@ -108,6 +108,8 @@ def time_limit(seconds: float | None, message: str):
 
 def run(args) -> int:
     nonnegative(args, "finetune_epochs", "recalibrate")
+    if args.distill and args.finetune_epochs == 0:
+        raise ConfigError("--distill changes how the model is fine-tuned; give --finetune-epochs too")
     if args.time_limit is not None and args.time_limit <= 0:
         raise ConfigError("--time-limit must be a positive number of seconds")
     batches_latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
