@@ -73,7 +73,7 @@ def test_relation_distillation_trains_through_fit():
         hook = RelationDistillation(teacher, student, ["layer3"], torch.zeros(1, *SHAPE), kind=kind)
         trained = copy.deepcopy(student)
 
-        def relation(m):
+        def relation(m, hook=hook):
             m.eval()
             with torch.no_grad():
                 return hook.loss(m, x, m(x), batches[0][1], features=_features(m, "layer3", x)).item()

@@ -2,8 +2,6 @@
 
 import copy
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -11,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _fresh import outputs_in_a_fresh_process
 from cnnzip.data import Loader, load_digits, train_val_split
 from cnnzip.deep import WeightSharing, load_compressed, save_compressed, share_weights
 from cnnzip.distill import Distillation, distillation_loss
@@ -225,12 +224,8 @@ def test_fused_model_saves_and_reloads_in_a_fresh_process(tmp_path):
     meta = ModelMeta((0.5,) * 3, (0.25,) * 3)
     path = save_model(tmp_path / "fused.pt", model, meta)
     x = torch.randn(2, 3, 32, 32)
-    torch.save(x, tmp_path / "x.pt")
-    script = (f"import torch; from cnnzip.io import load_model; m, _ = load_model(r'{path}'); "
-              f"torch.save(m(torch.load(r'{tmp_path / 'x.pt'}')).detach(), r'{tmp_path / 'y.pt'}')")
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "y.pt"), model(x))
+        assert torch.equal(outputs_in_a_fresh_process(path, x, tmp_path), model(x))
     shared, books = share_weights(model, WeightSharing(conv_bits=4, fc_bits=4))
     save_compressed(tmp_path / "fused.cnnz", shared, books, meta)
     back, _ = load_compressed(tmp_path / "fused.cnnz")

@@ -1,12 +1,11 @@
 """PCA width and depth selection (the third paper's first stage)."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
+from _fresh import outputs_in_a_fresh_process
 from cnnzip.errors import ConfigError, ModelError
 from cnnzip.io import ModelMeta, save_model
 from cnnzip.models import create_model
@@ -92,12 +91,8 @@ def test_the_pca_vgg_has_the_reported_widths_and_depth_and_reloads_in_a_fresh_pr
     meta = ModelMeta((0.5,) * 3, (0.25,) * 3)
     path = save_model(tmp_path / "pca.pt", result.model, meta)
     x = torch.randn(2, *SHAPE)
-    torch.save(x, tmp_path / "x.pt")
-    script = (f"import torch; from cnnzip.io import load_model; m, _ = load_model(r'{path}'); "
-              f"torch.save(m(torch.load(r'{tmp_path / 'x.pt'}')).detach(), r'{tmp_path / 'y.pt'}')")
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "y.pt"), result.model.eval()(x))
+        assert torch.equal(outputs_in_a_fresh_process(path, x, tmp_path), result.model.eval()(x))
 
 
 def test_inherit_keeps_the_surviving_weights_of_the_largest_channels():

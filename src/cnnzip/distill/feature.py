@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..train import TrainHook, capture_features
 
-__all__ = ["FeatureDistillation", "feature_shapes", "match_resolution"]
+__all__ = ["FeatureDistillation", "feature_shapes", "match_resolution", "paired_layers"]
 
 
 @torch.no_grad()
@@ -47,6 +47,25 @@ def feature_shapes(model: nn.Module, layers: Sequence[str], example_input: torch
     return shapes
 
 
+def paired_layers(teacher: nn.Module, student: nn.Module, layers: Mapping[str, str] | Sequence[str],
+                  example_input: torch.Tensor, kind: str) -> tuple[nn.Module, dict[str, str], dict, dict]:
+    """What every feature-reading distillation starts from: a frozen copy of the teacher, the (student layer ->
+    teacher layer) pairs (a list pairs layers of the same name), and both sides' feature shapes, checked: the
+    layers exist and the two models predict the same classes."""
+    pairs = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
+    if not pairs:
+        raise ConfigError(f"{kind} distillation needs at least one layer")
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    s_shapes = feature_shapes(student, list(pairs), example_input)
+    t_shapes = feature_shapes(teacher, list(pairs.values()), example_input)
+    if s_shapes[""] != t_shapes[""]:
+        raise ConfigError(f"the teacher predicts {t_shapes[''][0]} classes and the student {s_shapes[''][0]}: "
+                          "distillation needs the same classes")
+    return teacher, pairs, s_shapes, t_shapes
+
+
 def match_resolution(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pool the larger of two feature maps to the other's spatial size."""
     if a.dim() > 2 and a.shape[2:] != b.shape[2:]:
@@ -64,19 +83,9 @@ class FeatureDistillation(TrainHook):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, layers: Mapping[str, str] | Sequence[str],
                  example_input: torch.Tensor, weight: float = 1.0) -> None:
-        pairs = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
-        if not pairs:
-            raise ConfigError("feature distillation needs at least one layer to match")
         if weight <= 0:
             raise ConfigError(f"the feature loss weight must be > 0; got {weight}")
-        self.teacher = copy.deepcopy(teacher).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        s_shapes = feature_shapes(student, list(pairs), example_input)
-        t_shapes = feature_shapes(self.teacher, list(pairs.values()), example_input)
-        if s_shapes[""] != t_shapes[""]:
-            raise ConfigError(f"the teacher predicts {t_shapes[''][0]} classes and the student {s_shapes[''][0]}: "
-                              "distillation needs the same classes")
+        self.teacher, pairs, s_shapes, t_shapes = paired_layers(teacher, student, layers, example_input, "feature")
         self.pairs, self.weight, self.features = pairs, weight, tuple(pairs)
         self.adapters = nn.ModuleDict()
         with torch.random.fork_rng():  # the same adapters every time, whatever the caller's random state

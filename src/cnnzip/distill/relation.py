@@ -14,7 +14,6 @@ other, not the teacher's features themselves, so student and teacher may differ 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..train import TrainHook, capture_features
-from .feature import feature_shapes
+from .feature import paired_layers
 
 __all__ = ["RelationDistillation", "rkd_loss", "sp_loss", "KINDS"]
 
@@ -71,20 +70,10 @@ class RelationDistillation(TrainHook):
                  example_input: torch.Tensor, kind: str = "rkd", weight: float | None = None) -> None:
         if kind not in KINDS:
             raise ConfigError(f"the relation loss is one of {', '.join(KINDS)}; got {kind!r}")
-        pairs = dict(layers) if isinstance(layers, Mapping) else {name: name for name in layers}
-        if not pairs:
-            raise ConfigError("relation distillation needs at least one layer")
         weight = KINDS[kind] if weight is None else weight
         if weight <= 0:
             raise ConfigError(f"the relation loss weight must be > 0; got {weight}")
-        self.teacher = copy.deepcopy(teacher).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        s_shapes = feature_shapes(student, list(pairs), example_input)
-        t_shapes = feature_shapes(self.teacher, list(pairs.values()), example_input)
-        if s_shapes[""] != t_shapes[""]:
-            raise ConfigError(f"the teacher predicts {t_shapes[''][0]} classes and the student {s_shapes[''][0]}: "
-                              "distillation needs the same classes")
+        self.teacher, pairs, _, _ = paired_layers(teacher, student, layers, example_input, "relation")
         self.pairs, self.kind, self.weight, self.features = pairs, kind, weight, tuple(pairs)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,

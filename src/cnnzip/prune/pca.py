@@ -261,7 +261,7 @@ def pca_prune(model: nn.Module, config: PcaPruning, batches: Iterable, example_i
     widths = {re.escape(name): width for name, width in plan.widths.items()}
     narrowed = prune_channels(model, ChannelPruning(method="l1", widths=widths, skip=config.skip,
                                                     residual_stream=True), example_input, graph=graph).model
-    dropped = plan.dropped if config.depth and _vgg_config(model) is not None else []
+    dropped = plan.dropped if config.depth and _is_vgg(model) else []
     if inherit and not dropped:
         return PcaResult(narrowed, plan, [], [n for n, m in narrowed.named_modules()
                                              if any(True for _ in m.parameters(recurse=False))])
@@ -277,19 +277,11 @@ def pca_prune(model: nn.Module, config: PcaPruning, batches: Iterable, example_i
     return PcaResult(built, plan, dropped, inherited)
 
 
-def _vgg_config(model: nn.Module) -> list | None:
-    """The layer list of a zoo VGG (ints: conv widths, "M": pools), or None for any other model."""
+def _is_vgg(model: nn.Module) -> bool:
+    """Whether `model` is a zoo VGG, whose depth `_vgg_without` can change."""
     from ..models.vgg import VGG
 
-    if not isinstance(model, VGG):
-        return None
-    cfg = []
-    for m in model.feature:
-        if isinstance(m, nn.Conv2d):
-            cfg.append(m.out_channels)
-        elif isinstance(m, nn.MaxPool2d):
-            cfg.append("M")
-    return cfg
+    return isinstance(model, VGG)
 
 
 def _vgg_without(model: nn.Module, dropped: list[str]) -> nn.Module:
