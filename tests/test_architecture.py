@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cnnzip"
 
 # Lower numbers sit lower: a unit may import its own layer and the layers below it, never one above.
 LAYERS = {
-    "errors": 0,
+    "errors": 0, "distributed": 0,
     "models": 1, "data": 1,
     "io": 2, "measure": 2,
     "train": 3,
@@ -62,7 +62,9 @@ def _imports(name: str) -> list[tuple[str, list[str]]]:
             for n in names:  # `from . import x` imports the module x
                 if f"{target}.{n}" in MODULES:
                     out.append((f"{target}.{n}", []))
-            out.append((target, [n for n in names if f"{target}.{n}" not in MODULES]))
+            rest = [n for n in names if f"{target}.{n}" not in MODULES]
+            if rest or not names:
+                out.append((target, rest))
     return [(t, n) for t, n in out if t in MODULES]
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .errors import ConfigError
 from .io import atomic_save, differences
 from .measure import Evaluator
@@ -185,10 +186,11 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, images: int = 512
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; anything else is passed to torch.device and checked."""
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; anything else is passed to torch.device and checked.
+    Under torchrun, `cuda` means this process's GPU, cuda:LOCAL_RANK."""
     if preference == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _this_ranks_gpu(torch.device("cuda"))
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -206,6 +208,14 @@ def select_device(preference: str = "auto") -> torch.device:
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise ConfigError("device 'mps' was asked for but Apple's MPS is not available here; use cpu or auto")
+    return _this_ranks_gpu(device)
+
+
+def _this_ranks_gpu(device: torch.device) -> torch.device:
+    """Under torchrun each process trains on its own GPU, cuda:LOCAL_RANK, unless the user named one."""
+    w = distributed.world()
+    if device.type == "cuda" and device.index is None and w.distributed:
+        return torch.device("cuda", w.local_rank)
     return device
 
 
@@ -258,6 +268,7 @@ def fit(
         _layer(model, name)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    batches, net = _data_parallel(model, batches, device, hook_params)
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
         raise ConfigError("the training data yields no batch (is the batch size larger than the split?)")
@@ -277,13 +288,21 @@ def fit(
         torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout and any other global-RNG use
         if hasattr(batches, "set_epoch"):
             batches.set_epoch(epoch)
-        metrics = _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch,
-                               steps_per_epoch, use_amp, progress, features)
+        try:
+            metrics = _train_epoch(model, net, batches, config, optimizer, scaler, hooks, device, epoch,
+                                   steps_per_epoch, use_amp, progress and distributed.is_main(), features, hook_params)
+        except RuntimeError as exc:
+            if net is not model and "find_unused_parameters" in str(exc):
+                raise ConfigError("distributed training needs every trainable parameter to take part in the forward "
+                                  "pass; this model has parameters that get no gradient. Freeze them "
+                                  "(requires_grad=False) or train in one process") from exc
+            raise
+        distributed.broadcast_buffers(model)
         if evaluator is not None:
             metrics["val_acc"] = evaluator.evaluate(model).accuracy
         result.history.append(metrics)
         stop = any(bool(h.epoch_end(model, epoch, metrics)) for h in hooks)
-        if checkpoint is not None:
+        if checkpoint is not None and distributed.is_main():  # every rank holds the same state; one writes it
             atomic_save({
                 "format": "cnnzip.train-checkpoint", "version": 1, "identity": identity, "stopped": stop,
                 "epoch": epoch + 1, "config": asdict(config), "history": result.history,
@@ -291,13 +310,30 @@ def fit(
                 "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
                 "hook_parameters": [p.detach().cpu() for p in hook_params],
             }, checkpoint)
+        distributed.barrier()
         if stop:
             break
     return result
 
 
-def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch, steps_per_epoch,
-                 use_amp, progress, features) -> dict[str, float]:
+def _data_parallel(model: nn.Module, batches, device: torch.device, hook_params) -> tuple[Any, nn.Module]:
+    """Under torchrun: this rank's shard of the batches and the model wrapped in DistributedDataParallel (which
+    averages gradients during the backward pass). In a single process: the batches and the model unchanged."""
+    w = distributed.world()
+    if not w.distributed:
+        return batches, model
+    if not hasattr(batches, "shard"):
+        raise ConfigError(f"distributed training needs batches that can be split between processes (a cnnzip "
+                          f"Loader); got {type(batches).__name__}")
+    from torch.nn.parallel import DistributedDataParallel
+
+    distributed.initialize(device)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return batches.shard(w.rank, w.size), net
+
+
+def _train_epoch(model, net, batches, config, optimizer, scaler, hooks, device, epoch, steps_per_epoch,
+                 use_amp, progress, features, hook_params) -> dict[str, float]:
     model.train()
     total_loss = 0.0
     correct = seen = 0
@@ -310,7 +346,7 @@ def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch
         y = y.to(device, non_blocking=True)
         with (torch.autocast(device_type="cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext(),
               capture_features(model, features) as captured):
-            logits = model(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             for hook in hooks:
                 if hook.features:
@@ -321,6 +357,7 @@ def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch
                     loss = loss + extra
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        distributed.average_gradients(hook_params)  # the model's own are averaged by DDP during backward
         scaler.unscale_(optimizer)
         for hook in hooks:
             hook.after_backward(model)
@@ -335,6 +372,8 @@ def _train_epoch(model, batches, config, optimizer, scaler, hooks, device, epoch
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     elapsed = time.perf_counter() - started
+    total_loss, correct, seen = distributed.all_reduce_sum([total_loss, correct, seen])
+    correct, seen = int(correct), int(seen)
     return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
             "seconds": elapsed, "images_per_second": seen / elapsed if elapsed > 0 else 0.0,
             "lr": optimizer.param_groups[0]["lr"]}

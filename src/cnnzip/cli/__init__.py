@@ -9,12 +9,18 @@ with status 2.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..errors import CnnzipError, ConfigError
+from ..train import select_device
 from . import (
     decompose,
     deep_compress,
@@ -51,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.threads < 1:
                 raise ConfigError(f"--threads must be 1 or more; got {args.threads}")
             torch.set_num_threads(args.threads)
+        if distributed.world().distributed:
+            return _run_on_every_rank(args)
         return int(args.func(args) or 0)
     except CnnzipError as exc:
         print(f"cnnzip: error: {exc}", file=sys.stderr)
@@ -58,6 +66,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnzip: interrupted. Rerun the same command to resume from the last checkpoint.", file=sys.stderr)
         return 130
+
+
+def _run_on_every_rank(args: argparse.Namespace) -> int:
+    """Under torchrun: every rank runs the command (the same deterministic program; only training is split), and
+    only rank 0 writes the run directory. The other ranks work in a private copy of it, taken before rank 0
+    changes anything, so they resume from the same state and their writes never touch rank 0's files. A command
+    that does not train runs on rank 0 alone."""
+    w = distributed.world()
+    if not args.trains:
+        return int(args.func(args) or 0) if w.main else 0
+    distributed.initialize(select_device(getattr(args, "device", "auto")))
+    scratch = None
+    if not w.main:
+        args.quiet = args.no_progress = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process; rank 0 prints
+        scratch = Path(tempfile.mkdtemp(prefix=f"cnnzip-rank{w.rank}-"))
+        out = Path(args.out)
+        if out.exists():
+            shutil.copytree(out, scratch / out.name, symlinks=True)
+        args.out = scratch / out.name
+    distributed.barrier()
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        distributed.shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,5 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_args(s)
         # The defaults travel with the arguments: a run saved before an option existed resumes when the option
         # is left at its default (`options.start_run`).
-        s.set_defaults(func=command.run, defaults={a.dest: a.default for a in s._actions})
+        s.set_defaults(func=command.run, defaults={a.dest: a.default for a in s._actions},
+                       trains=getattr(command, "TRAINS", False))
     return p

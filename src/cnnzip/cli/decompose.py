@@ -24,6 +24,7 @@ from .options import (
 )
 
 NAME = "decompose"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "factor conv and linear layers into low-rank products (Tucker-2, SVD), fine-tune, compare"
 DESCRIPTION = ("Low-rank decomposition: every k x k conv becomes a 1x1 reduce, a smaller k x k core and a 1x1 "
                "expand (Tucker-2), every 1x1 conv and linear layer two thinner ones (truncated SVD). Ranks keep "

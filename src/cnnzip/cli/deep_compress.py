@@ -20,6 +20,7 @@ from .options import (
 )
 
 NAME = "deep-compress"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "magnitude pruning + weight sharing + Huffman coding into one file"
 DESCRIPTION = ("Deep compression (Han et al. 2016): zero the smallest weights (masks fixed while fine-tuning), "
                "cluster each layer's surviving weights into 2^bits shared values, Huffman-code indices and "

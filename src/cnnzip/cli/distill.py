@@ -26,6 +26,7 @@ from .options import (
 )
 
 NAME = "distill"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "train a smaller architecture from a trained teacher (response, feature, relation distillation)"
 DESCRIPTION = ("Knowledge distillation: train --student (a zoo architecture, new weights) on the training images "
                "with the labels and with what MODEL, the teacher, knows: its softened predictions (response), its "

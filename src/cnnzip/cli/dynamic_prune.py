@@ -23,6 +23,7 @@ from .options import (
 )
 
 NAME = "dynamic-prune"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "remove mostly-zero channels, threshold set by binary search on fine-tuned accuracy"
 DESCRIPTION = ("Dynamic pruning (Electronics 2023, 12, 1208): measure each channel's zero fraction on the "
                "validation split, remove the channels above a threshold, fine-tune, and binary-search the threshold "

@@ -24,6 +24,7 @@ from .options import (
 )
 
 NAME = "fuse"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "layer fusion: remove thin residual blocks with distillation"
 DESCRIPTION = ("Layer fusion (Electronics 2023, 12, 1208): repeatedly remove the thinnest residual block with an "
                "identity shortcut, fine-tune the block before it (the carrier) with knowledge distillation from "

@@ -119,7 +119,9 @@ class Progress:
 
 
 RUN_FILE = "run.json"
-_ALWAYS_FREE = frozenset({"func", "defaults", "no_progress", "quiet", "threads", "overwrite", "device", "fresh"})
+# "out" is free: a run directory is the same run wherever it lies (moved, or a data-parallel rank's private copy).
+_ALWAYS_FREE = frozenset({"func", "defaults", "no_progress", "quiet", "threads", "overwrite", "device", "fresh",
+                          "out", "trains"})
 
 
 def _run_settings(args: argparse.Namespace, command: str, free: Iterable[str]) -> dict[str, Any]:
@@ -149,9 +151,10 @@ def start_run(args: argparse.Namespace, command: str, free: Iterable[str] = (), 
         if saved.get("command") != command:
             what = f"a `cnnzip {saved.get('command')}` run"
         else:
-            diff = differences(saved["settings"], ours["settings"])
+            kept = {k: v for k, v in saved["settings"].items() if k not in _ALWAYS_FREE}
+            diff = differences(kept, ours["settings"])
             defaults = getattr(args, "defaults", {})  # an option newer than the saved run, left at its default
-            diff = [k for k in diff if k in saved["settings"] or ours["settings"].get(k) != defaults.get(k, diff)]
+            diff = [k for k in diff if k in kept or ours["settings"].get(k) != defaults.get(k, diff)]
             what = f"a run with other settings ({', '.join(_flag(k) for k in diff)})" if diff else None
         if what is None:
             if say is not None:

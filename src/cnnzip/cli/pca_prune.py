@@ -24,6 +24,7 @@ from .options import (
 )
 
 NAME = "pca-prune"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "design a smaller network by PCA of the activations, train it, prune it further by FPGM"
 DESCRIPTION = ("Mixed pruning with PCA and the geometric median: PCA of each layer's activations on training images "
                "gives the number of components that explain --variance of their variance, which becomes the layer's "

@@ -28,6 +28,7 @@ from .options import (
 )
 
 NAME = "prune"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "remove channels (structured pruning), verify, fine-tune, compare"
 DESCRIPTION = ("Remove whole channels from a model: choose them by importance, cut them out of a copy, check the copy "
                "against the original with those channels zeroed, optionally fine-tune, and print a before/after "

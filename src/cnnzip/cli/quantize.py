@@ -22,6 +22,7 @@ from .options import (
 )
 
 NAME = "quantize"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "int8 post-training quantization for ONNX Runtime (optionally to an accuracy target)"
 DESCRIPTION = ("Export MODEL to ONNX, calibrate activation ranges on training images, and write OUT/model.int8.onnx "
                "in the QDQ format (per-channel symmetric int8 weights, 8-bit activations) that ONNX Runtime runs with "

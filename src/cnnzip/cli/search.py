@@ -24,6 +24,7 @@ from .options import (
 )
 
 NAME = "search"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "find the smallest file that meets a target accuracy (slimming + deep compression)"
 DESCRIPTION = ("Search the ratios of network slimming and deep compression, in either order, for the smallest "
                "compressed file whose validation accuracy meets the target. Every accuracy check is recorded in "

@@ -29,6 +29,7 @@ from .options import (
 )
 
 NAME = "train"
+TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "train or fine-tune a model (resumable)"
 DESCRIPTION = ("Train a zoo model from scratch, or fine-tune it from weights, with SGD and a cosine schedule. Writes "
                "OUT/checkpoint.pt every epoch, then OUT/model.pt (a cnnzip model file) and OUT/metrics.json, and "

@@ -6,6 +6,7 @@ the padding is zero *pixels*, added before normalisation, so a padded pixel ends
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 
@@ -132,6 +133,21 @@ class Loader:
         self.padding = padding
         self._epoch = 0
         self._mean, self._std = _stat_tensors(self.mean, self.std, self.device)
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> Loader:
+        """This loader as rank `rank` of `world` data-parallel processes sees it: the same global batches (same
+        order, same augmentation), of which this rank takes images rank, rank + world, ... . The shards of a batch
+        never overlap and together are the whole batch, so `world` processes see what one process sees.
+        A final batch with fewer images than processes is skipped, by every rank."""
+        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+            raise DataError(f"a shard needs 0 <= rank < world, got rank {rank!r} of {world!r}")
+        if self.batch_size < world:
+            raise DataError(f"batch size {self.batch_size} is smaller than the {world} processes that split it; "
+                            "use a batch size of at least one image per process")
+        shard = copy.copy(self)
+        shard.rank, shard.world = rank, world
+        return shard
 
     @property
     def epoch(self) -> int:
@@ -151,7 +167,8 @@ class Loader:
 
     def __len__(self) -> int:
         n = len(self.split)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        full, rest = divmod(n, self.batch_size)
+        return full + (0 < rest and not self.drop_last and rest >= self.world)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = self.generator()
@@ -162,16 +179,24 @@ class Loader:
         self, generator: torch.Generator, order: torch.Tensor | None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self.split.images, self.split.labels
-        for b in range(len(self)):
-            start = b * self.batch_size
+        n = len(self.split)
+        for start in range(0, n, self.batch_size):
+            size = min(self.batch_size, n - start)
+            if size < self.batch_size and (self.drop_last or size < self.world):
+                break
             if order is None:
-                x, y = images[start : start + self.batch_size], labels[start : start + self.batch_size]
+                x, y = images[start : start + size], labels[start : start + size]
             else:
-                idx = order[start : start + self.batch_size]
+                idx = order[start : start + size]
                 x, y = images.index_select(0, idx), labels.index_select(0, idx)
+            crops = sample_crop_flip(size, generator, self.padding) if self.augment else None
+            if self.world > 1:  # this rank's share; the augmentation was drawn for the whole batch, as in one process
+                mine = torch.arange(self.rank, size, self.world)
+                x, y = x.index_select(0, mine), y.index_select(0, mine)
+                crops = tuple(c[mine] for c in crops) if crops is not None else None
             x = x.to(self.device, non_blocking=True)
-            if self.augment:
-                x = random_crop_flip(x, generator, self.padding)
+            if crops is not None:
+                x = crop_flip(x, *crops, self.padding)
             yield _normalize(x, self._mean, self._std), y.to(self.device, non_blocking=True)
 
     def __repr__(self) -> str:

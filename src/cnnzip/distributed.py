@@ -1,0 +1,132 @@
+"""Data-parallel training under `torchrun`: which process this is, and the few collective steps `fit` needs.
+
+cnnzip runs the same program on every rank (SPMD). Every rank does the same deterministic work (surgery,
+verification, evaluation), so every decision is the same everywhere; only training is split, by data: each rank
+takes its share of every global batch, and DistributedDataParallel averages the gradients, so the weights stay
+identical on every rank and every hook that edits weights or gradients (masks, shared centroids, slimming's
+subgradient) sees the same values everywhere. Rank 0 alone writes the run directory (`cli.main` gives the other
+ranks a private copy of it), so a run resumes exactly as a single-process one does.
+
+The environment says whether this is a distributed run: `torchrun --nproc-per-node N` sets RANK, WORLD_SIZE and
+LOCAL_RANK. Without them (or with WORLD_SIZE=1) every function here is a no-op and nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+__all__ = ["World", "world", "initialize", "is_main", "barrier", "all_reduce_sum", "average_gradients",
+           "broadcast_buffers", "shutdown"]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: `rank` of `size` processes, `local_rank` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """The run as the environment (torchrun) describes it; a single process when it says nothing."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        size = int(os.environ.get("WORLD_SIZE", 1))
+        rank = int(os.environ.get("RANK", 0))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+    except ValueError as exc:
+        raise ConfigError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them): {exc}") from exc
+    if size < 1 or not 0 <= rank < size:
+        raise ConfigError(f"RANK={rank} and WORLD_SIZE={size} do not describe a run; start it with torchrun")
+    return World(rank, size, local)
+
+
+def initialize(device: torch.device, timeout_minutes: float = 60.0) -> torch.device:
+    """Join the process group when torchrun started several processes: NCCL on CUDA, gloo on the CPU.
+
+    Returns the device this rank trains on: on CUDA, `cuda:LOCAL_RANK` (one GPU per process); elsewhere `device`.
+    The timeout bounds how long a rank waits for the others at a collective (a surgery or an evaluation that
+    every rank repeats can take minutes on a large model, hence the generous default).
+    """
+    w = world()
+    if not w.distributed:
+        return device
+    if device.type == "cuda":
+        if w.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {w.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                              "start no more processes per node than it has GPUs")
+        device = torch.device("cuda", w.local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ConfigError(f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not on {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=timeout_minutes))
+    return device
+
+
+def is_main() -> bool:
+    """True on rank 0, and in every single-process run: the process that writes files and prints."""
+    return world().main
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(values: Iterable[float]) -> list[float]:
+    """Sum plain numbers (a loss total, a count) over the ranks; returns them unchanged in a single process."""
+    values = [float(v) for v in values]
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of tensors that DistributedDataParallel does not manage (a hook's adapter)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    size = dist.get_world_size()
+    for p in parameters:
+        if p.grad is None:  # every rank computes the same loss terms, so a missing gradient is missing everywhere
+            continue
+        dist.all_reduce(p.grad)
+        p.grad.div_(size)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics, which each rank updated on its own shard
+    in the last step), so that evaluations, and the decisions taken on them, are the same on every rank."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for b in module.buffers():
+        dist.broadcast(b, 0)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
