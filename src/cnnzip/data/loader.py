@@ -7,7 +7,6 @@ the padding is zero *pixels*, added before normalisation, so a padded pixel ends
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
