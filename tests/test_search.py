@@ -33,17 +33,42 @@ from cnnzip.train import TrainConfig, fit, recalibrate_batchnorm
 class Landscape:
     """A stand-in for Trials: pass/fail and size are known functions of the grid indices."""
 
-    def __init__(self, passes, size, axes=2, max_checks=None):
+    def __init__(self, passes, size, axes=2, max_checks=None, width=1):
         self.passes, self.size, self.max_checks = passes, size, max_checks
         self.axes = ("ns", "dc")[:axes]
         self.done = {}
+        # As workers would: `width` checks at once; `rounds` counts the waits (a prefetch batch, or a lone check).
+        self.width, self.ahead, self.rounds = width, {}, 0
+
+    def _trial(self, index):
+        return Trial(index, index, self.passes(*index), 0.0, True, 0, self.size(*index), 0.0)
 
     def check(self, index):
         if index not in self.done:
-            if self.max_checks is not None and len(self.done) >= self.max_checks:
-                raise BudgetExhausted("budget")
-            self.done[index] = Trial(index, index, self.passes(*index), 0.0, True, 0, self.size(*index), 0.0)
+            if index in self.ahead:
+                self.done[index] = self.ahead.pop(index)
+            else:
+                if self.max_checks is not None and len(self.done) >= self.max_checks:
+                    raise BudgetExhausted("budget")
+                self.rounds += 1
+                self.done[index] = self._trial(index)
         return self.done[index]
+
+    def known(self, index):
+        return index in self.done or index in self.ahead
+
+    def outcome(self, index):
+        t = self.done.get(index) or self.ahead.get(index)
+        return None if t is None else t.passed
+
+    def prefetch(self, indices):
+        if self.width == 1:
+            return
+        new = [i for i in dict.fromkeys(indices) if not self.known(i)]
+        assert len(new) <= max(self.width, 400)  # the grid's one batch is the exception
+        if new:
+            self.rounds += 1
+            self.ahead.update({i: self._trial(i) for i in new})
 
     def size_at(self, index):
         return self.size(*index)
@@ -84,6 +109,24 @@ def test_bisect_guards_against_a_point_that_breaks_the_trend():
     assert found == (19, 2)  # the true limit at i = 19 is j = 2 (19 + 4 <= 24); the blip at j = 3 is a fail
     blip = Landscape(lambda i, j=0: i <= 15 or i == 17, lambda i, j=0: -i, axes=1)
     assert bisect_search(blip, 20, margin=0).index == (17,)  # a pass above a fail is found by the guard
+
+
+def test_workers_change_the_wall_time_not_the_winner():
+    """Checks asked for ahead of time (as Ray workers run them) leave every decision as it was: the same winner
+    and the same checks asked for, in fewer waits."""
+    def blip(i, j=0):
+        return i + 2 * j <= 24 and (i, j) != (19, 3)
+
+    landscapes = [(lambda i, j=0: i + 2 * j <= 24, 2), (blip, 2), (lambda i, j=0: i <= 15 or i == 17, 1)]
+    for passes, axes in landscapes:
+        for run in (grid_search, lambda t, n: margin_search(t, n, 5), lambda t, n: bisect_search(t, n, 5)):
+            alone = Landscape(passes, lambda i, j=0: 10_000 - 40 * i - 100 * j, axes=axes)
+            found = run(alone, 20)
+            for width in (2, 3, 4):
+                parallel = Landscape(passes, lambda i, j=0: 10_000 - 40 * i - 100 * j, axes=axes, width=width)
+                assert run(parallel, 20).index == found.index
+                assert list(parallel.done) == list(alone.done)  # the same checks asked, in the same order
+                assert parallel.rounds < alone.rounds
 
 
 def test_budget_stops_with_the_best_so_far():
@@ -355,3 +398,22 @@ def test_recovery_aware_trials_judge_each_candidate_after_a_short_fine_tune(digi
     assert [(t.index, t.accuracy) for t in again.trials] == [(t.index, t.accuracy) for t in result.trials]
     assert again.best == result.best
     assert calls == ["final"]  # only the winner's file is rebuilt, its recovery read from its checkpoint
+
+
+def test_a_search_on_two_ray_workers_records_every_trial_once_and_finds_the_same_winner(tmp_path, digits_model):
+    pytest.importorskip("ray")
+    model, val, meta = digits_model
+    for strategy in ("grid", "margin"):
+        cfg = SearchConfig(pipeline=Pipeline(order="ns-dc", conv_bits=5, fc_bits=5), strategy=strategy, drop=0.03,
+                           step=0.25, max_ratio=0.75, margin=1)
+        one = search(model, val, meta, cfg, tmp_path / f"{strategy}1")
+        two = search(model, val, meta, cfg, tmp_path / f"{strategy}2", workers=2)
+        lines = [json.loads(x) for x in (tmp_path / f"{strategy}2" / "trials.jsonl").read_text().splitlines()]
+        indices = [tuple(x["index"]) for x in lines if x.get("kind") != "size"]
+        assert len(indices) == len(set(indices))  # each trial recorded once
+        assert two.best == one.best is not None or two.best.index == one.best.index
+        assert {t.index: t.accuracy for t in one.trials} == {t.index: t.accuracy for t in two.trials
+                                                              if t.index in {u.index for u in one.trials}}
+        if strategy == "grid":
+            assert len(indices) == 16  # the whole 4 x 4 grid, at once
+        assert two.cost["checks"] >= one.cost["checks"]  # speculative checks are counted, not hidden

@@ -141,6 +141,22 @@ class Compressor:
         self.workdir = Path(workdir) if workdir is not None else Path(self._tmp.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
 
+    def __getstate__(self) -> dict:
+        """A copy for another process (a Ray worker) leaves out the channel graph, which holds a traced autograd
+        graph that cannot be pickled; the copy analyses the model again on its first structured candidate."""
+        state = dict(self.__dict__)
+        state["_graph"], state["_tmp"] = None, None
+        return state
+
+    def prepare(self) -> None:
+        """Do now the analysis that the first structured candidate would do (the channel graph, PCA spectra), so
+        that a copy sent to a worker carries it instead of each worker repeating it."""
+        if "ns" in self.pipeline.axes:
+            if self._graph is None:
+                self._graph = analyze(self.model, self.example, skip=self.pipeline.skip)
+            if self.pipeline.structured == "pca":
+                self._pca_widths(0.5)  # measures the spectra
+
     def build(self, ratios: tuple[float, ...], keep_file: Path | None = None,
               finetune: Finetune | None = None) -> Candidate:
         """The candidate at `ratios` (one per method of the pipeline, in its order).

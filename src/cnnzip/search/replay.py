@@ -29,6 +29,13 @@ class RecordedTrials:
         self.axes, self.target = tuple(axes), target
         self.done: dict[tuple[int, ...], Trial] = {}
         self.sized: set[tuple[int, ...]] = set()
+        self.width = 1  # a replay asks one check at a time, as the sequential search did
+
+    def prefetch(self, indices) -> None:
+        return None
+
+    def outcome(self, index: tuple[int, ...]) -> bool | None:
+        return self.done[index].passed if index in self.done else None
 
     def check(self, index: tuple[int, ...]) -> Trial:
         if index not in self.done:

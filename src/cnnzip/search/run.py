@@ -148,7 +148,8 @@ def resolve_target(config: SearchConfig, baseline_accuracy: float) -> float:
 def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: SearchConfig,
            run_dir: str | Path, finetune: Finetune | None = None,
            say: Callable[[str], None] | None = None, calibration: Sequence | None = None,
-           recovery: Finetune | None = None, recalibration: Sequence | None = None) -> SearchResult:
+           recovery: Finetune | None = None, recalibration: Sequence | None = None, workers: int = 1,
+           ray_address: str | None = None) -> SearchResult:
     """Search for the smallest candidate whose accuracy on `evaluator` (a validation split) meets the target.
 
     The caller's model is not changed. The winner is written to `run_dir` and its trials to trials.jsonl.
@@ -180,7 +181,8 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
     trials = Trials(compressor, evaluator, target, config.grid, run / "trials.jsonl", strategy=config.strategy,
                     early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget,
                     say=say, objective=config.objective, latency_batch=config.latency_batch,
-                    recovery=recovery, recovery_key=_recovery_key(config, recovery))
+                    recovery=recovery, recovery_key=_recovery_key(config, recovery), workers=workers,
+                    ray_address=ray_address)
     if trials.done:
         say(f"resuming: {len(trials.done)} accuracy checks already recorded in {trials.log}")
     goal = "smallest file" if config.objective == "size" else f"fastest model at batch {config.latency_batch}"
@@ -188,7 +190,10 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
         f"{target:.2%} (baseline {baseline:.2%})")
     strategy = STRATEGIES[config.strategy]
     n = len(config.grid)
-    best = strategy(trials, n) if config.strategy == "grid" else strategy(trials, n, config.margin)
+    try:
+        best = strategy(trials, n) if config.strategy == "grid" else strategy(trials, n, config.margin)
+    finally:
+        trials.close()
     path = final_accuracy = final_size = None
     if best is not None:
         suffix = ".int8.onnx" if config.pipeline.quantize else ".cnnz" if "dc" in config.pipeline.axes else ".pt"

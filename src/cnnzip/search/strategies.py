@@ -4,6 +4,11 @@ and bisection.
 All work on grid indices: axis k has ratios 0, step, 2*step, ... Each returns the smallest passing trial it saw
 (or None). They differ only in which trials they ask for, so their costs compare directly.
 
+With workers (`Trials.width` > 1) each strategy also says which checks it is likely to ask for next
+(`Trials.prefetch`): the grid all at once, a scan the next `width` steps, a bisection the midpoints of the next
+levels. The workers check those at once; the strategy still asks one at a time and decides exactly as it would
+alone, so the winner is the same and only the wall time changes.
+
 Reading of the paper's heuristic (Sensors 2022, 22, 5874; its figures and tables leave details open):
   1. raise the first method's ratio, the second at 0, until the check fails; p1 = the last ratio that passed;
   2. step back `margin` grid steps from p1;
@@ -23,9 +28,11 @@ def grid_search(trials: Trials, n: int) -> Trial | None:
     axes = len(trials.axes)
     try:
         if axes == 1:
+            trials.prefetch([(i,) for i in range(n)])
             for i in range(n):
                 trials.check((i,))
         else:
+            trials.prefetch([(i, j) for i in range(n) for j in range(n)])
             for i in range(n):
                 for j in range(n):
                     trials.check((i, j))
@@ -38,6 +45,8 @@ def _scan(trials: Trials, make, start: int, n: int) -> int | None:
     """Raise the index from `start` until the check fails; the last passing index, or None."""
     last = None
     for k in range(start, n):
+        if (k - start) % trials.width == 0:
+            trials.prefetch([make(j) for j in range(k, min(k + trials.width, n))])
         if not trials.check(make(k)).passed:
             break
         last = k
@@ -71,27 +80,53 @@ def _last_pass(trials: Trials, make, lo: int, hi: int, guard: int = 1, gallop: b
     """
     if lo >= hi:
         return None
+    trials.prefetch([make(k) for k in [lo, *_ahead(trials, make, lo, hi, trials.width - 1)]])
     if not trials.check(make(lo)).passed:
         return None
     good, bad = lo, hi  # invariant: good passes; bad fails or is past the end
     if gallop:
         step = 1
         while good + step < hi:
+            probes, g, s = [], good, step  # the next probes if each passes
+            while g + s < hi and len(probes) < trials.width:
+                probes, g, s = probes + [g + s], g + s, s * 2
+            trials.prefetch([make(k) for k in probes])
             if not trials.check(make(good + step)).passed:
                 bad = good + step
                 break
             good, step = good + step, step * 2
     while True:
         while bad - good > 1:
+            trials.prefetch([make(k) for k in _ahead(trials, make, good, bad, trials.width)])
             mid = (good + bad) // 2
             if trials.check(make(mid)).passed:
                 good = mid
             else:
                 bad = mid
+        trials.prefetch([make(k) for k in range(bad + 1, min(bad + 1 + guard, hi))])
         above = [k for k in range(bad + 1, min(bad + 1 + guard, hi)) if trials.check(make(k)).passed]
         if not above:
             return good
         good, bad = max(above), hi
+
+
+def _ahead(trials: Trials, make, good: int, bad: int, width: int) -> list[int]:
+    """Up to `width` unrecorded indices that the bisection of (good, bad) asks for next: where a midpoint is
+    recorded, the half its verdict selects; where it is not, that midpoint, then the midpoints of both halves
+    (the upper first: it is next if the midpoint passes)."""
+    out, intervals = [], [(good, bad)]
+    while intervals and len(out) < width:
+        g, b = intervals.pop(0)
+        if b - g <= 1:
+            continue
+        mid = (g + b) // 2
+        verdict = trials.outcome(make(mid))
+        if verdict is None:
+            out.append(mid)
+            intervals += [(mid, b), (g, mid)]
+        else:
+            intervals.insert(0, (mid, b) if verdict else (g, mid))
+    return out
 
 
 def _first_below(trials: Trials, i: int, lo: int, n: int, bound: int) -> int | None:

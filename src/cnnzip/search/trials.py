@@ -13,31 +13,17 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..measure import Evaluator
 from .candidates import Compressor, Finetune
+from .workers import CheckJob, RayWorkers, Trial, build, run_check
 
 __all__ = ["Trial", "Trials", "BudgetExhausted"]
 
 
 class BudgetExhausted(Exception):
     """Raised inside a strategy when --max-checks or --time-budget is reached; the search returns its best."""
-
-
-@dataclass(frozen=True)
-class Trial:
-    index: tuple[int, ...]
-    ratios: tuple[float, ...]
-    passed: bool
-    accuracy: float  # exact if `complete`, else accuracy on the images seen before the early exit
-    complete: bool
-    images: int
-    size: int
-    seconds: float
-    latency: float | None = None  # with a latency objective: ONNX Runtime time / the original's (passing only)
-    recovery_seconds: float | None = None  # the part of `seconds` spent fine-tuning the candidate (with recovery)
 
 
 class Trials:
@@ -47,7 +33,9 @@ class Trials:
                  log: str | Path, *, strategy: str, early_exit: bool, max_checks: int | None = None,
                  time_budget: float | None = None, say: Callable[[str], None] | None = None,
                  objective: str = "size", latency_batch: int | None = None, recovery: Finetune | None = None,
-                 recovery_key: dict | None = None) -> None:
+                 recovery_key: dict | None = None, workers: int = 1, ray_address: str | None = None) -> None:
+        """`workers` > 1 (or a `ray_address`) runs checks the strategy is about to ask for on Ray workers ahead of
+        time (`prefetch`); the strategy's decisions, and so its winner, are those of a sequential search."""
         self.compressor, self.evaluator, self.target, self.grid = compressor, evaluator, target, grid
         self.say = say or (lambda text: None)
         self.strategy, self.early_exit = strategy, early_exit
@@ -68,7 +56,9 @@ class Trials:
         if recovery_key is not None:  # and so are recovered ones, recovered the same way
             self._key["recovery"] = recovery_key
         self.recovery = recovery
-        self._recovering = 0.0  # seconds spent in `recovery` by the current build
+        self.job = CheckJob(compressor, evaluator, target, early_exit, latency_batch, recovery)
+        self.width = workers  # how many checks the strategies ask for at once
+        self.pool = RayWorkers(self.job, workers, ray_address) if workers > 1 or ray_address else None
         self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
         self.asked: dict[tuple[int, ...], Trial] = {}  # asked for by this run's strategy, replayed or computed
         self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
@@ -109,63 +99,67 @@ class Trials:
                 self.sizes[index] = (self.done[index].size, 0.0)
             else:
                 started = time.perf_counter()
-                candidate = self._build(index)
-                self._built = (index, candidate, self._recovering)
+                candidate, recovering = build(self.job, self.ratios(index))
+                self._built = (index, candidate, recovering)
                 self.sizes[index] = (candidate.size, time.perf_counter() - started)
             self._write({**self._key, "kind": "size", "index": list(index), "size": self.sizes[index][0],
                          "seconds": self.sizes[index][1]})
         return self.sizes[index][0]
 
+    def outcome(self, index: tuple[int, ...]) -> bool | None:
+        """The recorded verdict at `index` (asking for it costs nothing), or None if it is not recorded."""
+        return self.done[index].passed if index in self.done else None
+
     def check(self, index: tuple[int, ...]) -> Trial:
         if index in self.done:
             self.asked[index] = self.done[index]
             return self.done[index]
+        self._within_budget()
+        built = None
+        if self._built is not None and self._built[0] == index:
+            built = self._built[1:]
+        self._built = None
+        trial = run_check(self.job, index, self.ratios(index), built)
+        self._record(trial)
+        self.asked[index] = trial
+        return trial
+
+    def prefetch(self, indices) -> None:
+        """With workers: check at once those of `indices` not yet recorded (as many as the budget allows), so
+        that the strategy finds them recorded when it asks. Without workers: nothing (each is checked when asked).
+        A prefetched check the strategy never asks for costs time but changes no decision."""
+        if self.pool is None:
+            return
+        n = len(self.grid)
+        todo = [i for i in dict.fromkeys(tuple(i) for i in indices)
+                if i not in self.done and all(0 <= k < n for k in i)]
+        if self.max_checks is not None:
+            todo = todo[:max(0, self.max_checks - len(self.done))]
+        if not todo or (self.time_budget is not None and time.perf_counter() - self.started > self.time_budget):
+            return
+        self._built = None
+        self.pool.run([(i, self.ratios(i)) for i in todo], self._record)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def _within_budget(self) -> None:
         if self.max_checks is not None and len(self.done) >= self.max_checks:
             self.exhausted = True
             raise BudgetExhausted(f"reached --max-checks {self.max_checks}")
         if self.time_budget is not None and time.perf_counter() - self.started > self.time_budget:
             self.exhausted = True
             raise BudgetExhausted(f"reached --time-budget {self.time_budget} s")
-        started = time.perf_counter()
-        if self._built is not None and self._built[0] == index:
-            _, candidate, recovering = self._built
-        else:
-            candidate = self._build(index)
-            recovering = self._recovering
-        self._built = None
-        if self.early_exit:
-            r = self.evaluator.check(candidate.model, self.target)
-        else:
-            r = self.evaluator.evaluate(candidate.model)
-        passed = r.accuracy >= self.target if r.complete else bool(r.passed)
-        latency = None
-        if passed and self.latency_batch is not None:  # only a passing candidate can win: time only those
-            latency = self.compressor.latency(candidate, self.latency_batch)
-        trial = Trial(index=index, ratios=self.ratios(index), passed=passed, accuracy=r.accuracy,
-                      complete=r.complete, images=r.evaluated, size=candidate.size,
-                      seconds=time.perf_counter() - started, latency=latency,
-                      recovery_seconds=recovering if self.recovery is not None else None)
-        self.done[index] = self.asked[index] = trial
+
+    def _record(self, trial: Trial) -> None:
+        self.done[trial.index] = trial
         self.new_checks += 1
         self._append(trial)
         ratios = ", ".join(f"{a} {r:.2f}" for a, r in zip(self.axes, trial.ratios, strict=True))
-        speed = "" if latency is None else f", {latency:.2f}x the original's time"
+        speed = "" if trial.latency is None else f", {trial.latency:.2f}x the original's time"
         self.say(f"check {len(self.done)}: {ratios}: {trial.size:,} bytes{speed}, accuracy {trial.accuracy:.2%}"
                  f"{'' if trial.complete else ' (early exit)'}: {'meets' if trial.passed else 'misses'} the target")
-        return trial
-
-    def _build(self, index: tuple[int, ...]):
-        """The candidate at `index`, recovered first if the search recovers (the time it took in `_recovering`)."""
-        self._recovering = 0.0
-        if self.recovery is None:
-            return self.compressor.build(self.ratios(index))
-
-        def timed(stage, model, hooks=(), **kwargs):
-            started = time.perf_counter()
-            self.recovery(stage, model, hooks, **kwargs)
-            self._recovering += time.perf_counter() - started
-
-        return self.compressor.build(self.ratios(index), finetune=timed)
 
     def _append(self, trial: Trial) -> None:
         self._write({**self._key, **trial.__dict__, "index": list(trial.index), "ratios": list(trial.ratios)})
@@ -182,6 +176,8 @@ class Trials:
         cost = {"checks": len(self.done), "images": sum(t.images for t in self.done.values()),
                 "size_builds": len(self.sizes),
                 "seconds": sum(t.seconds for t in self.done.values()) + sum(sec for _, sec in self.sizes.values())}
+        if self.pool is not None:  # checked ahead of time on a worker, then never asked for by the strategy
+            cost["unused_checks"] = sum(1 for i in self.done if i not in self.asked)
         if self.recovery is not None:  # (size-only builds recover too; their seconds are in the total)
             cost["recovery_seconds"] = sum(t.recovery_seconds or 0.0 for t in self.done.values())
         return cost
