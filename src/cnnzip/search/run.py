@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -182,7 +183,7 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
                     early_exit=config.uses_early_exit, max_checks=config.max_checks, time_budget=config.time_budget,
                     say=say, objective=config.objective, latency_batch=config.latency_batch,
                     recovery=recovery, recovery_key=_recovery_key(config, recovery), workers=workers,
-                    ray_address=ray_address)
+                    ray_address=ray_address, worker_threads=max(1, torch.get_num_threads() // workers))
     if trials.done:
         say(f"resuming: {len(trials.done)} accuracy checks already recorded in {trials.log}")
     goal = "smallest file" if config.objective == "size" else f"fastest model at batch {config.latency_batch}"

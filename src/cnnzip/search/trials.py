@@ -33,7 +33,8 @@ class Trials:
                  log: str | Path, *, strategy: str, early_exit: bool, max_checks: int | None = None,
                  time_budget: float | None = None, say: Callable[[str], None] | None = None,
                  objective: str = "size", latency_batch: int | None = None, recovery: Finetune | None = None,
-                 recovery_key: dict | None = None, workers: int = 1, ray_address: str | None = None) -> None:
+                 recovery_key: dict | None = None, workers: int = 1, ray_address: str | None = None,
+                 worker_threads: int = 1) -> None:
         """`workers` > 1 (or a `ray_address`) runs checks the strategy is about to ask for on Ray workers ahead of
         time (`prefetch`); the strategy's decisions, and so its winner, are those of a sequential search."""
         self.compressor, self.evaluator, self.target, self.grid = compressor, evaluator, target, grid
@@ -58,7 +59,7 @@ class Trials:
         self.recovery = recovery
         self.job = CheckJob(compressor, evaluator, target, early_exit, latency_batch, recovery)
         self.width = workers  # how many checks the strategies ask for at once
-        self.pool = RayWorkers(self.job, workers, ray_address) if workers > 1 or ray_address else None
+        self.pool = RayWorkers(self.job, workers, ray_address, worker_threads) if workers > 1 or ray_address else None
         self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
         self.asked: dict[tuple[int, ...], Trial] = {}  # asked for by this run's strategy, replayed or computed
         self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
