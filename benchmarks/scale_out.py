@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import CIFAR_JPEG, REPO, RESNET20, RUNS, require_shared, save
+from _common import CIFAR_JPEG, REPO, RESNET20, RUNS, environment, require_shared, save
 
 OUT = RUNS / "bench-scale-out"
 COMMON = ["--model", "resnet20", "--norm", "imagenet", "--data", str(CIFAR_JPEG), "--quiet", "--no-progress"]
@@ -158,7 +158,7 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results.pop("environment", None)
     if args.part in ("simulate", "all"):
-        results["simulated_rounds"] = simulate()
+        results["simulated_rounds"] = {"environment": environment(), **simulate()}
     if args.part in ("ddp", "ray", "all"):
         require_shared()
     if args.part in ("ddp", "all"):
@@ -167,7 +167,7 @@ def main() -> None:
         d["val_acc_difference_points"] = 100 * (two["val_acc"] - one["val_acc"])
         d["epoch_ratio_median"] = statistics.median(a["epoch_seconds"] / b["epoch_seconds"] for a, b in zip(
             d["runs"]["one-process"], d["runs"]["torchrun-2"], strict=True))
-        results["ddp"] = d
+        results["ddp"] = {"environment": environment(), **d}
         print(f"torchrun: val {two['val_acc']:.2%} vs {one['val_acc']:.2%} alone; epoch {d['epoch_ratio_median']:.2f}x, "
               f"wall {d['wall_ratio_median']:.2f}x faster")
     if args.part in ("ray", "all"):
@@ -175,7 +175,7 @@ def main() -> None:
         one, two = r["runs"]["workers-1"][0], r["runs"]["ray-2"][0]
         r["same_winner"] = (one["best"] or {}).get("index") == (two["best"] or {}).get("index")
         r["same_accuracies"] = one["accuracies"] == two["accuracies"]
-        results["ray"] = r
+        results["ray"] = {"environment": environment(), **r}
         print(f"ray: same winner {r['same_winner']}, same accuracies {r['same_accuracies']}, wall "
               f"{r['wall_ratio_median']:.2f}x faster")
     save("scale_out", {"seed": 0, "data": str(CIFAR_JPEG.name), "model": RESNET20.name, **results})
