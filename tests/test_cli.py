@@ -569,3 +569,68 @@ def test_decompose_factors_fine_tunes_and_reloads(tmp_path, capsys, digits_model
                       (["--energy", "0.5", "--finetune-epochs", "1", "--distill", "feature"], "needs the layers")):
         assert main(["decompose", str(path), *bad, "--latency-batches", "none", "--out", str(tmp_path / "b")]) == 2
         assert says in capsys.readouterr().err
+
+
+USER_NET = '''
+import torch
+from torch import nn
+
+
+class MyNet(nn.Module):
+    """A user's own architecture: not in cnnzip's zoo."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def build():
+    return MyNet()
+
+
+def broken():
+    return "not a model"
+'''
+
+
+def test_a_users_own_model_from_a_python_file(tmp_path, capsys):
+    """--model-py FILE.py:FACTORY: train, prune and deep-compress a model defined in the user's file; the files
+    record the factory as text, refuse to load without it (naming it), and reload with it in a fresh process."""
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    factory = str(tmp_path / "mynet.py") + ":build"
+    assert main(["train", "--model-py", factory, "--epochs", "3", "--out", str(tmp_path / "t"), "--quiet",
+                 "--no-progress"]) == 0
+    trained = tmp_path / "t" / "model.pt"
+    assert main(["prune", str(trained), "--model-py", factory, "--method", "l1", "--ratio", "0.5", "--out",
+                 str(tmp_path / "p"), "--quiet", "--no-progress", "--latency-batches", "none"]) == 0
+    assert main(["deep-compress", str(trained), "--model-py", factory, "--sparsity", "0.5", "--out",
+                 str(tmp_path / "d"), "--quiet"]) == 0
+    capsys.readouterr()
+    pruned, cnnz = tmp_path / "p" / "pruned.pt", tmp_path / "d" / "model.cnnz"
+    for path in (trained, pruned, cnnz):
+        assert main(["eval", str(path), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "--model-py" in err and "mynet.py:build" in err and len(err.strip().splitlines()) == 1
+    from cnnzip.io import load_any
+    from cnnzip.models import build_user_model
+
+    model, _ = load_any(pruned, model=build_user_model(factory))
+    assert model.features[0].out_channels == 8  # pruned, and rebuilt at its pruned widths
+    for path in (pruned, cnnz):  # in a fresh process, as a user would
+        done = run_cli("eval", str(path), "--model-py", factory)
+        assert done.returncode == 0, done.stderr
+        assert main(["eval", str(path), "--model-py", factory]) == 0
+        assert capsys.readouterr().out == done.stdout  # the same accuracy line in both processes
+    bad = [(["--model-py", str(tmp_path / "mynet.py")], "FILE.py:FACTORY"),
+           (["--model-py", str(tmp_path / "nowhere.py") + ":build"], "not found"),
+           (["--model-py", str(tmp_path / "mynet.py") + ":missing"], "no function 'missing'"),
+           (["--model-py", str(tmp_path / "mynet.py") + ":broken"], "not an nn.Module"),
+           (["--model-py", factory, "--model", "resnet20"], "not both")]
+    for extra, message in bad:
+        assert main(["eval", str(trained), *extra]) == 2
+        assert message in capsys.readouterr().err

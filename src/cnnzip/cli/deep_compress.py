@@ -6,6 +6,7 @@ import json
 
 from ..deep import MagnitudePruning, WeightSharing, deep_compress, load_compressed, save_compressed, sparsity
 from ..errors import ConfigError
+from ..io import skeleton
 from ..report import Section, stage_sizes_plot
 from .options import (
     Progress,
@@ -89,7 +90,7 @@ def run(args) -> int:
     path = args.out / "model.cnnz"
     say(f"Huffman coding into {path}, then reloading it to check")
     report = save_compressed(path, shared, books, job.out_meta(**{"from": str(args.model_path)}))
-    loaded, _ = load_compressed(path)
+    loaded, _ = load_compressed(path, skeleton(job.model))
     if test.evaluate(loaded).accuracy != accuracy["compressed"]:
         raise RuntimeError("internal error: the file does not reload to the compressed model; please report it")
     totals = report.totals()

@@ -10,7 +10,7 @@ from ..io import load_any
 from ..measure import footprint, measure_latency
 from ..models import create_model, list_models
 from ..train import select_device
-from .options import int_list, parse_shape
+from .options import add_model_py_arg, int_list, parse_shape, user_model
 
 NAME = "info"
 HELP = "parameters, MACs, size and CPU latency of a model"
@@ -21,6 +21,7 @@ DESCRIPTION = ("Footprint of a zoo architecture (by name) or of a model file: pa
 def add_arguments(s) -> None:
     s.add_argument("target", metavar="MODEL", help="zoo name (e.g. resnet56) or path to a model file/weights")
     s.add_argument("--model", default=None, help="architecture for raw weights")
+    add_model_py_arg(s)
     s.add_argument("--num-classes", type=int, default=10)
     s.add_argument("--width", type=float, default=None)
     s.add_argument("--input-shape", default=None, help="C,H,W (default 3,32,32 or the model file's)")
@@ -38,7 +39,7 @@ def run(args) -> int:
     if args.target in list_models() and not Path(args.target).exists():
         model = create_model(args.target, **kwargs)
     else:
-        model, meta = load_any(args.target, args.model, **kwargs)
+        model, meta = load_any(args.target, args.model, model=user_model(args), **kwargs)
     shape = parse_shape(args.input_shape) if args.input_shape else (meta.input_shape if meta else (3, 32, 32))
     if isinstance(model, OnnxModel):
         return _onnx_info(args, model, tuple(shape))

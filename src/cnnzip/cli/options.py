@@ -37,10 +37,11 @@ from ..io import (
     is_model_file,
     load_any,
     needs_architecture,
+    rebuild,
     sniff,
 )
 from ..measure import Evaluator
-from ..models import list_models, read_checkpoint
+from ..models import build_user_model, list_models, read_checkpoint
 from ..report import write_report
 from ..train import TrainConfig, select_device
 
@@ -50,6 +51,23 @@ from ..train import TrainConfig, select_device
 def add_model_args(s: argparse.ArgumentParser, help: str = "cnnzip model file or raw weights") -> None:
     s.add_argument("model_path", type=Path, metavar="MODEL", help=help)
     s.add_argument("--model", default=None, help="architecture for raw weights (see `cnnzip models`)")
+    add_model_py_arg(s)
+
+
+def add_model_py_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model-py", default=None, metavar="FILE.py:FACTORY", help="your own architecture: a function "
+                   "in a Python file that returns a fresh nn.Module; MODEL is then its weights, or a cnnzip file "
+                   "saved from it (such files need the same --model-py to load)")
+
+
+def user_model(args: argparse.Namespace) -> nn.Module | None:
+    """A fresh instance of --model-py's architecture, or None; --model and --model-py together are refused."""
+    spec = getattr(args, "model_py", None)
+    if spec is None:
+        return None
+    if getattr(args, "model", None) is not None:
+        raise ConfigError("give --model (a zoo architecture) or --model-py (your own), not both")
+    return build_user_model(spec)
 
 
 def add_data_args(s: argparse.ArgumentParser) -> None:
@@ -306,11 +324,12 @@ def prepare(args: argparse.Namespace, say: Progress | None = None, weights: bool
     """
     say = say or Progress(getattr(args, "quiet", False))
     device = select_device(args.device)
-    check_model_file(args.model_path, args.model)
+    user = user_model(args)
+    check_model_file(args.model_path, args.model, user is not None)
     say(f"reading the data ({args.data})")
     ds, train, val = dataset(args)
     say(f"loading {args.model_path}")
-    model, meta = load_any(args.model_path, args.model, **model_kwargs(args, ds))
+    model, meta = load_any(args.model_path, args.model, model=user, **model_kwargs(args, ds))
     if weights and isinstance(model, OnnxModel):
         raise ConfigError(f"{args.model_path} is an ONNX file: ONNX Runtime runs it, but it holds no PyTorch weights "
                           "to change. Give the cnnzip model file it was made from (`cnnzip eval` and `cnnzip info` "
@@ -320,16 +339,19 @@ def prepare(args: argparse.Namespace, say: Progress | None = None, weights: bool
     return Prepared(args, device, ds, train, val, model, meta, mean, std, say)
 
 
-def check_model_file(path: Path, model_name: str | None) -> None:
-    """MODEL exists, is a file cnnzip reads, and raw weights come with --model: all before any data is read."""
+def check_model_file(path: Path, model_name: str | None, user: bool = False) -> None:
+    """MODEL exists, is a file cnnzip reads, and raw weights come with --model (or --model-py, `user`): all before
+    any data is read."""
     if model_name is not None and model_name not in list_models():
         raise ConfigError(f"unknown --model {model_name!r}; see `cnnzip models`")
     fmt = sniff(path) if Path(path).is_file() else None
     if fmt is not None and fmt.name != "model file":
         return
     blob = read_checkpoint(path)  # a clear error for a missing, damaged or unsafe file
-    if model_name is None and not is_model_file(blob):
+    if model_name is None and not user and not is_model_file(blob):
         raise needs_architecture(path)
+    if is_model_file(blob) and blob.get("spec") is None and not user:  # before the data is read, not after
+        rebuild(None, {}, None, path, user=blob.get("user") if isinstance(blob.get("user"), str) else None)
 
 
 def dataset(args: argparse.Namespace):

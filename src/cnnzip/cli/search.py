@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from ..distill import Distillation
 from ..errors import ConfigError
-from ..io import load
+from ..io import load, skeleton
 from ..report import Section, size_accuracy_plot
 from ..search import OBJECTIVES, Pipeline, SearchConfig, search
 from .options import (
@@ -164,7 +164,7 @@ def run(args) -> int:
         print("no candidate met the target, even the smallest ratios; the model itself may be below it")
         return 1
     best = result.best
-    winner, _ = load(result.path)
+    winner, _ = load(result.path, skeleton(job.model))
     say("evaluating the winner once on the test split")
     test = job.evaluator(job.data.test, args.batch_size).evaluate(winner).accuracy
     names = dict(zip(config.pipeline.axes, best.ratios, strict=True))

@@ -16,6 +16,7 @@ from .options import (
     Prepared,
     Progress,
     add_data_args,
+    add_model_py_arg,
     add_out_args,
     check_fits,
     check_model_file,
@@ -25,6 +26,7 @@ from .options import (
     norm,
     run_fingerprint,
     start_run,
+    user_model,
     write_run_report,
 )
 
@@ -44,6 +46,7 @@ Rerunning the same command with the same --out resumes a killed run from its las
 def add_arguments(s) -> None:
     add_data_args(s)
     s.add_argument("--model", default=None, help="architecture (see `cnnzip models`); default: small_cnn")
+    add_model_py_arg(s)
     s.add_argument("--width", type=float, default=None, help="width multiplier (VGG, ResNet, DenseNet, MobileNetV2)")
     s.add_argument("--weights", type=Path, default=None, help="start from these weights (cnnzip model file, "
                    "state dict, or checkpoint such as ../shared/models/resnet56-4bfd9763.th)")
@@ -67,17 +70,22 @@ def add_arguments(s) -> None:
 def run(args) -> int:
     say = Progress(args.quiet)
     nonnegative(args, "epochs")
-    name = args.model or "small_cnn"
+    torch.manual_seed(args.seed)  # a --model-py factory initialises its weights from the global generator
+    user = user_model(args)
+    name = args.model_py if user is not None else args.model or "small_cnn"
     if args.weights is not None:
-        check_model_file(args.weights, name)
+        check_model_file(args.weights, None if user is not None else name, user is not None)
     device = select_device(args.device)
     start_run(args, NAME, say=say)
     say(f"reading the data ({args.data})")
     ds, train, val = dataset(args)
     kwargs = model_kwargs(args, ds)
     if args.weights is not None:
-        model, meta = load_any(args.weights, name, **kwargs)
+        model, meta = load_any(args.weights, None if user is not None else name, model=user, **kwargs)
         check_fits(model, meta, ds, str(args.weights))
+    elif user is not None:  # built by the factory (its own initialisation)
+        model, meta = user, None
+        check_fits(model, meta, ds, args.model_py)
     else:
         torch.manual_seed(args.seed)
         model, meta = create_model(name, **kwargs), None

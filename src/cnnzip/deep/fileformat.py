@@ -44,7 +44,7 @@ from ..io import (
     rebuild,
     register_format,
 )
-from ..models import load_weights, removed_blocks
+from ..models import USER_ATTRIBUTE, load_weights, removed_blocks
 from .header import check_header, read_header
 from .huffman import HuffmanStream, entropy_bits
 from .runs import decode_runs, encode_runs
@@ -210,6 +210,8 @@ def save_compressed(path: str | Path, model: nn.Module, books: dict[str, Codeboo
               "probe": {"shape": list(probe.shape), "values": probe.flatten().tolist()}}
     if removed_blocks(model):  # only fused models carry the key: other files keep their exact size
         header["removed"] = removed_blocks(model)
+    if not spec and getattr(model, USER_ATTRIBUTE, None):  # a user's own model: which factory (text) built it
+        header["user"] = getattr(model, USER_ATTRIBUTE)
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     blob = _PREFIX.pack(MAGIC, VERSION, len(header_bytes)) + header_bytes + payload.getvalue()
     blob += hashlib.sha256(blob).digest()
@@ -259,7 +261,9 @@ def _decode(header: dict, payload: memoryview, shapes: dict[str, tuple[int, ...]
         start, length = sec
         return bytes(payload[start:start + length])
 
-    model = rebuild(header["spec"], header["widths"], model, path, header.get("removed", ()), shapes=shapes)
+    user = header.get("user") if isinstance(header.get("user"), str) else None
+    model = rebuild(header["spec"], header["widths"], model, path, header.get("removed", ()), shapes=shapes,
+                    user=user)
     state: dict[str, torch.Tensor] = {}
     for entry in header["layers"]:
         streams = {

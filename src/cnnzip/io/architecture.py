@@ -78,21 +78,23 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
 def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None,
             path: str | Path, removed: Sequence[str] = (),
             shapes: Mapping[str, Sequence[int]] | None = None,
-            factored: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+            factored: Mapping[str, Sequence[int]] | None = None, user: str | None = None) -> nn.Module:
     """The saved architecture, weights still to load: the zoo model from `spec` (or the caller's fresh `model`
     for architectures outside the zoo), without the removed blocks, its `factored` layers (name -> ranks)
     replaced by low-rank factors, narrowed to the saved widths.
 
     With `shapes` (the tensors the file holds, name -> shape), the architecture is built on the meta device,
     which allocates nothing, and must have exactly those tensors; only then is memory taken, for the narrowed
-    tensors alone. A file whose header asks for more than its own tensors justify is refused first.
+    tensors alone. A file whose header asks for more than its own tensors justify is refused first. `user` names
+    the factory (`--model-py`) that built a model from outside the zoo, for the error that asks for it: it is
+    text, never imported.
     """
     factored = dict(factored or {})
     if shapes is None:
-        return _build(spec, widths, model, path, removed, factored)
+        return _build(spec, widths, model, path, removed, factored, user)
     with torch.device("meta"):
         skeleton = _build(spec, widths, copy.deepcopy(model).to("meta") if model is not None else None, path,
-                          removed, factored)
+                          removed, factored, user)
     built = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     held = {k: tuple(v) for k, v in shapes.items()}
     wrong = sorted(k for k in built.keys() | held.keys()
@@ -102,7 +104,7 @@ def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | 
                          f"{wrong[0]} is {held.get(wrong[0])} in the file, {built.get(wrong[0])} in the "
                          "architecture)")
     if any(m._non_persistent_buffers_set for m in skeleton.modules()):
-        return _build(spec, widths, model, path, removed, factored)  # buffers no file holds: build them for real
+        return _build(spec, widths, model, path, removed, factored, user)  # buffers no file holds: build them for real
     real = skeleton.to_empty(device="cpu")  # every tensor comes from the file
     for name, buf in real.named_buffers():
         if name.endswith("num_batches_tracked"):
@@ -111,11 +113,16 @@ def rebuild(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | 
 
 
 def _build(spec: dict | None, widths: dict[str, list[int]], model: nn.Module | None, path: str | Path,
-           removed: Sequence[str], factored: Mapping[str, Sequence[int]]) -> nn.Module:
+           removed: Sequence[str], factored: Mapping[str, Sequence[int]], user: str | None = None) -> nn.Module:
     if model is None:
+        if spec is None and user:
+            raise ModelError(f"{path} holds a model that your own code built ({user}): pass --model-py "
+                             f"PATH/{user} (the same factory) on the command line, or load(path, model=YourNet()) "
+                             "in Python; cnnzip never imports code that a file names")
         if spec is None:
-            raise ModelError(f"{path} holds a model from outside the zoo: load it with load(path, "
-                             "model=YourNet()), passing a fresh instance of its class")
+            raise ModelError(f"{path} holds a model from outside the zoo: pass --model-py FILE.py:FACTORY on the "
+                             "command line, or load(path, model=YourNet()) in Python, with a fresh instance of its "
+                             "class")
         try:
             spec = dict(spec)
             model = create_model(spec.pop("name"), **spec)

@@ -7,6 +7,7 @@ loads in a fresh process that never saw the code that pruned it, and loading an 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,20 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..models import create_model, factored_layers, load_weights, read_checkpoint, removed_blocks
+from ..models import (
+    USER_ATTRIBUTE,
+    create_model,
+    factored_layers,
+    load_weights,
+    read_checkpoint,
+    removed_blocks,
+)
 from .architecture import check_probe, layer_widths, probe_output, rebuild
 from .atomic import atomic_save
 from .meta import ModelMeta
 from .registry import register_format, sniff
 
-__all__ = ["save_model", "load_model", "load_any", "is_model_file", "needs_architecture", "FORMAT"]
+__all__ = ["save_model", "load_model", "load_any", "is_model_file", "needs_architecture", "skeleton", "FORMAT"]
 
 FORMAT = "cnnzip.model"
 VERSION = 1
@@ -32,11 +40,12 @@ def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
     """
     spec = getattr(model, "cnnzip_spec", None)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_save({"format": FORMAT, "version": VERSION, "spec": dict(spec) if spec is not None else None,
-                 "widths": layer_widths(model), "removed": removed_blocks(model), "factored": factored_layers(model),
-                 "meta": meta.as_dict(),
-                 "state_dict": state,
-                 "probe": probe_output(model, meta.input_shape)}, path)
+    blob = {"format": FORMAT, "version": VERSION, "spec": dict(spec) if spec is not None else None,
+            "widths": layer_widths(model), "removed": removed_blocks(model), "factored": factored_layers(model),
+            "meta": meta.as_dict(), "state_dict": state, "probe": probe_output(model, meta.input_shape)}
+    if spec is None and getattr(model, USER_ATTRIBUTE, None):  # a user's own model: which factory built it (text)
+        blob["user"] = getattr(model, USER_ATTRIBUTE)
+    atomic_save(blob, path)
     return Path(path)
 
 
@@ -55,7 +64,8 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path} is corrupt: its state dict is not a dict of tensors")
     model = rebuild(blob.get("spec"), blob.get("widths", {}), model, path, blob.get("removed", ()),
-                    shapes={k: v.shape for k, v in state.items()}, factored=blob.get("factored", {}))
+                    shapes={k: v.shape for k, v in state.items()}, factored=blob.get("factored", {}),
+                    user=blob.get("user") if isinstance(blob.get("user"), str) else None)
     load_weights(model, state)
     meta = ModelMeta.from_dict(blob["meta"])
     if blob.get("probe") is not None:
@@ -67,6 +77,12 @@ def load_model(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Mod
 MODEL_FILE = register_format("model file", (b"PK\x03\x04", b"\x80"), load_model, ".pt")
 
 
+def skeleton(model: nn.Module) -> nn.Module | None:
+    """What loading a file saved from `model` (or a pruned copy) needs beside the file: nothing (None) for a zoo
+    model, whose file says how to build it; for the user's own class, a copy of `model` to rebuild from."""
+    return None if getattr(model, "cnnzip_spec", None) else copy.deepcopy(model).cpu()
+
+
 def is_model_file(blob: Any) -> bool:
     """Whether a torch file's contents (from `read_checkpoint`) are a cnnzip model file, not raw weights."""
     return isinstance(blob, dict) and blob.get("format") == FORMAT
@@ -74,18 +90,23 @@ def is_model_file(blob: Any) -> bool:
 
 def needs_architecture(path: str | Path) -> ModelError:
     return ModelError(f"{path} holds raw weights, not a cnnzip model file: say which architecture they belong to "
-                      "with --model NAME (see `cnnzip models`)")
+                      "with --model NAME (see `cnnzip models`), or --model-py FILE.py:FACTORY for your own")
 
 
 def load_any(path: str | Path, model_name: str | None = None, num_classes: int = 10,
-             meta: ModelMeta | None = None, **model_kwargs: Any) -> tuple[nn.Module, ModelMeta | None]:
-    """Any file cnnzip wrote (see `registry.load`), or raw weights (a state dict or checkpoint) put in `model_name`."""
+             meta: ModelMeta | None = None, model: nn.Module | None = None,
+             **model_kwargs: Any) -> tuple[nn.Module, ModelMeta | None]:
+    """Any file cnnzip wrote (see `registry.load`), or raw weights (a state dict or checkpoint) put in `model_name`
+    or in `model`, a fresh instance of the user's own class (which files of models outside the zoo need too)."""
     fmt = sniff(path)
     if fmt is not None and fmt is not MODEL_FILE:
-        return fmt.read(Path(path), None)
+        return fmt.read(Path(path), model)
     blob = read_checkpoint(path)
     if is_model_file(blob):
-        return load_model(path)
+        return load_model(path, model)
+    if model is not None:
+        load_weights(model, blob, source=str(path))
+        return model.eval(), meta
     if model_name is None:
         raise needs_architecture(path)
     model = create_model(model_name, num_classes=num_classes, **model_kwargs)

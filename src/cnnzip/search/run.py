@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..finetune import Finetuner
-from ..io import ModelMeta, atomic_write_text, load, refuse_changes
+from ..io import ModelMeta, atomic_write_text, load, refuse_changes, skeleton
 from ..measure import Evaluator, run_digest, target_accuracy
 from .candidates import Compressor, Finetune, Pipeline
 from .plots import can_plot, plot_margin_sweep, plot_trajectory
@@ -202,7 +202,7 @@ def search(model: nn.Module, evaluator: Evaluator, meta: ModelMeta, config: Sear
         say(f"writing the winner to {path}" + (" (fine-tuned)" if finetune is not None else
                                                  " (recovered as in its trial)" if recovery is not None else ""))
         compressor.build(best.ratios, keep_file=path, finetune=finetune if finetune is not None else recovery)
-        final_accuracy = evaluator.evaluate(load(path)[0]).accuracy
+        final_accuracy = evaluator.evaluate(load(path, skeleton(model))[0]).accuracy
         final_size = path.stat().st_size
     result = SearchResult(best=best, target=target, baseline_accuracy=baseline, cost=trials.cost(),
                           trials=list(trials.done.values()), path=path, complete=not trials.exhausted,
