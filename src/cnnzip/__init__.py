@@ -6,6 +6,7 @@ from .finetune import Finetune, Finetuner
 from .io import ModelMeta, load, load_any, load_model, save_model
 from .measure import Evaluator, count_macs, count_nonzero, count_parameters, footprint, measure_latency
 from .models import create_model, list_models, load_weights
+from .search import Recipe, compress
 from .train import TrainConfig, TrainHook, fit, select_device
 
 __version__ = "0.1.0"
@@ -17,4 +18,5 @@ __all__ = [
     "Evaluator", "count_macs", "count_nonzero", "count_parameters", "footprint", "measure_latency",
     "create_model", "list_models", "load_weights",
     "TrainConfig", "TrainHook", "fit", "select_device",
+    "Recipe", "compress",
 ]

@@ -22,6 +22,7 @@ from .. import distributed
 from ..errors import CnnzipError, ConfigError
 from ..train import select_device
 from . import (
+    compress,
     decompose,
     deep_compress,
     demo,
@@ -42,7 +43,7 @@ from .options import add_common_args
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (models, demo, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, pca_prune, decompose,
+COMMANDS = (models, demo, compress, train, evaluate, prune, deep_compress, search, dynamic_prune, fuse, pca_prune, decompose,
             distill, quantize, export, info)
 
 

@@ -149,6 +149,8 @@ def _run_settings(args: argparse.Namespace, command: str, free: Iterable[str]) -
 
 
 def _flag(name: str) -> str:
+    if name == "recipe_resolved":  # (`compress`: its recipe, however it was spelled)
+        return "the recipe"
     return "MODEL" if name == "model_path" else "--" + name.replace("_", "-")
 
 

@@ -128,15 +128,22 @@ def run(args) -> int:
         except ImportError as exc:
             raise ConfigError("--workers and --ray-address run checks on Ray, which is not installed: pip install "
                               "'cnnzip[ray]', or search with --workers 1") from exc
+    return execute(args, config, NAME, FREE)
+
+
+def execute(args, config: SearchConfig, command: str, free) -> int:
+    """Claim --out, prepare the model and data, search, fine-tune and report the winner: the work of `search`
+    and of `compress` (which builds `config` and these options from a recipe)."""
     say = Progress(args.quiet)
-    start_run(args, NAME, FREE, say=say)
+    start_run(args, command, free, say=say)
     job = prepare(args, say)
     val = some(job.require_val("a search decides on a validation split"), args.val_images, args.seed, "--val-images")
     epochs = {"structured": args.structured_epochs, "final": args.finetune_epochs, "shared": args.centroid_epochs}
     finetune = None
     if any(epochs.values()):
-        finetune = job.finetuner(epochs, job.batches(job.train, args.train_batch_size),
-                                 train_batch_size=args.train_batch_size, search=config.as_dict())
+        finetune = job.distilling(job.finetuner(epochs, job.batches(job.train, args.train_batch_size),
+                                                train_batch_size=args.train_batch_size, search=config.as_dict(),
+                                                **job.distill_key()))
     recovery = None
     if args.recover_images:  # one pass over a fixed subset, checkpointed per candidate in OUT/recovery
         distill = {"temperature": args.temperature, "alpha": args.alpha} if args.recover_distill else None
@@ -185,7 +192,7 @@ def run(args) -> int:
     what = ("smallest file" if best.latency is None
             else f"fastest model in ONNX Runtime at batch {config.latency_batch}")
     timed = [] if best.latency is None else ["time / original"]
-    write_run_report(args, NAME, [
+    write_run_report(args, command, [
         Section("Result", f"The {what} whose validation accuracy meets {result.target:.2%} (baseline "
                 f"{result.baseline_accuracy:.2%}): {best.size:,} bytes{speed} at {at}; test accuracy {test:.2%} "
                 "(evaluated once).",

@@ -9,7 +9,9 @@ records answer what-if questions exactly (`replay`, `margin_sweep`).
 """
 
 from .candidates import ORDERS, Candidate, Compressor, Pipeline
+from .compress import compress
 from .plots import plot_margin_sweep, plot_trajectory
+from .recipe import STEPS, Recipe, default_recipe
 from .replay import RecordedTrials, margin_sweep, replay
 from .run import OBJECTIVES, SearchConfig, SearchResult, resolve_target, search
 from .strategies import STRATEGIES, bisect_search, grid_search, margin_search
@@ -19,6 +21,6 @@ __all__ = [
     "ORDERS", "Candidate", "Compressor", "Pipeline",
     "OBJECTIVES", "SearchConfig", "SearchResult", "resolve_target", "search",
     "STRATEGIES", "bisect_search", "grid_search", "margin_search",
-    "BudgetExhausted", "Trial", "Trials",
+    "BudgetExhausted", "Trial", "Trials", "compress", "Recipe", "STEPS", "default_recipe",
     "RecordedTrials", "margin_sweep", "replay", "plot_margin_sweep", "plot_trajectory",
 ]
