@@ -55,6 +55,8 @@ def test_a_recipe_round_trips_through_its_three_spellings():
     ({"steps": ["deep-compress", "prune"], "finetune": {"structured_epochs": 1}}, "between prune and"),
     ({"speed": 1}, "no setting 'speed'"),
     ({"steps": []}, "at least one step"),
+    ({"steps": ["decompose", "deep-compress"]}, "cannot run in that order"),
+    ({"steps": ["prune", "decompose", "deep-compress"]}, "at most two strengths"),
 ])
 def test_a_wrong_recipe_gets_one_clear_error(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -131,3 +133,27 @@ def test_the_python_twin(tmp_path):
                       overrides=["search.step=0.25", "search.max_ratio=0.75"])
     assert result.best is not None and result.path.suffix == ".cnnz" and result.finetuned
     assert result.final_accuracy >= result.target - 0.05
+
+
+def test_a_low_rank_step_is_searchable(tmp_path):
+    """`decompose` as a recipe step: the search's 'lr' axis removes its ratio of the MACs with low-rank factors,
+    and the candidate's file reloads to the same model."""
+    import torch
+
+    from cnnzip.io import ModelMeta, load
+    from cnnzip.measure import count_macs
+    from cnnzip.models import create_model
+    from cnnzip.search.candidates import Compressor
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, width=0.5).eval()
+    meta = ModelMeta((0.5,) * 3, (0.25,) * 3, (3, 32, 32))
+    pipeline = Recipe.from_dict({"steps": ["prune", "decompose"], "search": {"recalibrate": 0}}).to_search().pipeline
+    assert pipeline.order == "ns-lr"
+    compressor = Compressor(model, pipeline, meta, workdir=tmp_path)
+    before = count_macs(model, (3, 32, 32))
+    candidate = compressor.build((0.0, 0.5), keep_file=tmp_path / "c.pt")
+    assert count_macs(candidate.model, (3, 32, 32)) <= 0.5 * before * 1.02
+    reloaded, _ = load(tmp_path / "c.pt")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded(x), candidate.model(x))

@@ -10,7 +10,7 @@ from ..distill import Distillation
 from ..errors import ConfigError
 from ..io import load, skeleton
 from ..report import Section, size_accuracy_plot
-from ..search import OBJECTIVES, Pipeline, SearchConfig, search
+from ..search import OBJECTIVES, ORDERS, Pipeline, SearchConfig, search
 from .options import (
     Progress,
     add_data_args,
@@ -48,8 +48,9 @@ def add_arguments(s) -> None:
     goal.add_argument("--drop", type=float, help="accepted drop below the baseline's validation accuracy, "
                       "e.g. 0.01 for one point")
     s.add_argument("--strategy", choices=["grid", "margin", "bisect"], default="bisect")
-    s.add_argument("--order", choices=["ns-dc", "dc-ns", "ns", "dc"], default="ns-dc",
-                   help="methods and their order: ns = network slimming, dc = deep compression")
+    s.add_argument("--order", choices=list(ORDERS), default="ns-dc",
+                   help="methods and their order: ns = structured pruning (network slimming), dc = deep compression, "
+                   "lr = low-rank factors (the ratio is the share of MACs they remove)")
     s.add_argument("--structured", choices=["slimming", "l1", "l2", "fpgm", "pca"], default="slimming",
                    help="channel importance of the structured step; pca: each layer keeps the channels (of largest "
                    "L1 norm) that PCA of its activations needs for 1 - ratio^3 of their variance")

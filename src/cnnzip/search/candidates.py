@@ -32,13 +32,14 @@ from ..deep import (
 from ..errors import ConfigError
 from ..finetune import Finetune
 from ..io import ModelMeta, save_model
+from ..lowrank import Decomposition, decompose
 from ..prune import IMPORTANCE, ChannelPruning, analyze, apply_plan, plan_channels
 from ..prune.pca import activation_spectra, significant_components
 from ..train import recalibrate_batchnorm
 
 __all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS", "STAGES", "Finetune", "pca_variance"]
 
-ORDERS = ("ns-dc", "dc-ns", "ns", "dc")
+ORDERS = ("ns-dc", "dc-ns", "ns", "dc", "lr", "ns-lr")
 
 STAGES = ("structured", "final", "shared")
 """When `build` offers fine-tuning: after the structured step (if another step follows), after the last pruning
@@ -56,7 +57,8 @@ def pca_variance(ratio: float) -> float:
 class Pipeline:
     """Which methods, in which order, with which fixed settings. Pure data.
 
-    `order`: 'ns-dc' (slimming first), 'dc-ns' (deep compression's pruning first), 'ns' or 'dc' alone.
+    `order`: 'ns-dc' (slimming first), 'dc-ns' (deep compression's pruning first), 'ns' or 'dc' alone; 'lr'
+    (low-rank factors removing the ratio of the MACs) alone or after structured pruning ('ns-lr').
     `structured`: the channel importance (slimming = |BN gamma|, or l1, l2, fpgm), or "pca": each layer keeps
     as many channels (of largest L1 norm) as the components that explain `pca_variance(ratio)` of its activations'
     variance (`prune.pca`: the third paper's width selection, as a knob the search turns).
@@ -172,6 +174,10 @@ class Compressor:
                 model = self._channel_prune(model, ratio)
                 if finetune is not None and ratio > 0 and k + 1 < len(ratios):
                     finetune("structured", model, [])
+            elif method == "lr":
+                if ratio > 0:  # Tucker-2 / SVD factors removing `ratio` of the MACs (`lowrank.decompose`)
+                    model = decompose(model, Decomposition(macs_reduction=ratio, skip=self.pipeline.skip),
+                                      self.example).model
             elif ratio > 0:
                 model, masks = prune_magnitude(model, MagnitudePruning(ratio=ratio, skip=self.pipeline.skip))
         if finetune is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..prune import IMPORTANCE
-from .candidates import Pipeline
+from .candidates import ORDERS, Pipeline
 from .run import OBJECTIVES, SearchConfig
 from .strategies import STRATEGIES
 
@@ -79,6 +79,12 @@ class QuantizeStep:
 
 
 @dataclass(frozen=True)
+class DecomposeStep:
+    """Low-rank factors (Tucker-2 for k x k convolutions, SVD for 1x1 and linear layers); the share of MACs they
+    remove is searched."""
+
+
+@dataclass(frozen=True)
 class StepKind:
     """A family as recipes see it. `axis`: the search axis whose ratio it turns ('ns', 'dc'), or None for a
     step with no strength (quantize); `float_weights`: it changes weights, so it cannot follow a step whose
@@ -103,7 +109,11 @@ def register_step(kind: StepKind) -> StepKind:
 register_step(StepKind("prune", PruneStep, "ns", True, ".pt", "structured channel pruning (ratio searched)"))
 register_step(StepKind("deep-compress", DeepCompressStep, "dc", True, ".cnnz",
                        "magnitude pruning (ratio searched), weight sharing, Huffman coding"))
+register_step(StepKind("decompose", DecomposeStep, "lr", True, ".pt",
+                       "low-rank factors removing a share of the MACs (share searched)"))
 register_step(StepKind("quantize", QuantizeStep, None, False, ".int8.onnx", "int8 in ONNX Runtime (no strength)"))
+
+_STEP_OF = {k.axis: k.name for k in STEPS.values() if k.axis}
 
 
 # ---------------------------------------------------------------- the rest of a recipe
@@ -192,6 +202,14 @@ class Recipe:
             if not STEPS[kind].float_weights and STEPS[kinds[i + 1]].float_weights:
                 raise ConfigError(f"step {kinds[i + 1]!r} changes float weights, so it cannot follow {kind!r}, "
                                   f"which makes a quantized file: put {kind!r} last")
+        searched = [k for k in kinds if STEPS[k].axis]
+        if len(searched) > 2:
+            raise ConfigError(f"the search turns at most two strengths at once; this recipe has {len(searched)} "
+                              f"({', '.join(searched)})")
+        order = "-".join(STEPS[k].axis for k in searched)
+        if searched and order not in ORDERS:
+            raise ConfigError(f"steps {' then '.join(searched)} cannot run in that order; searchable orders: "
+                              + "; ".join(" then ".join(_STEP_OF[a] for a in o.split("-")) for o in ORDERS))
         if "quantize" in kinds and "deep-compress" in kinds:
             raise ConfigError("an int8 file stores dense weights, so deep compression's zeros and shared values "
                               "would not shrink it: use prune then quantize, or prune then deep-compress")

@@ -82,9 +82,10 @@ class SearchConfig:
                               f"{self.recovery_images!r}")
         if self.recovery_distill and not self.recovery_images:
             raise ConfigError("recovery_distill distils during the trials' recovery: give recovery_images too")
-        if self.objective != "size" and self.pipeline.order != "ns":
+        if self.objective != "size" and "dc" in self.pipeline.axes:
             raise ConfigError("deep compression's zeros and shared values do not make ONNX Runtime faster: a latency "
-                              "objective searches structured pruning alone (--order ns), with or without int8")
+                              "objective searches structured pruning (--order ns) or low-rank factors (lr, ns-lr), "
+                              "with or without int8")
 
     @property
     def grid(self) -> list[float]:
