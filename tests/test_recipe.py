@@ -13,7 +13,6 @@ from cnnzip.search.recipe import (
     DeepCompressStep,
     FinetuneSettings,
     PruneStep,
-    QuantizeStep,
     Recipe,
     apply_overrides,
     default_recipe,
@@ -111,13 +110,14 @@ def test_compress_refuses_bad_input_before_any_work(tmp_path, capsys, digits_mod
 
 
 def test_the_python_twin(tmp_path):
+    import torch
+
     from cnnzip import compress
     from cnnzip.data import Loader, load_digits, train_val_split
     from cnnzip.io import ModelMeta
     from cnnzip.measure import Evaluator
     from cnnzip.models import create_model
     from cnnzip.train import TrainConfig, fit
-    import torch
 
     ds = load_digits()
     train, val = train_val_split(ds.train, val_size=0.2, seed=0)
