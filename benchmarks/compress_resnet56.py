@@ -75,11 +75,10 @@ def main() -> None:
     ensure(arch=args.arch)
     import torch
 
-    from cnnzip.data import load_dataset
+    from cnnzip.data import Loader, load_dataset
     from cnnzip.deploy import compare_onnx_latency, export_onnx
     from cnnzip.io import load
     from cnnzip.measure import Evaluator
-    from cnnzip.data import Loader
 
     torch.set_num_threads(args.threads)
     base = model_file(args.arch)
