@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--stop-at-step", type=int, default=0)
     p.add_argument("--unused-layer", action="store_true", help="add a layer the forward pass never uses")
+    p.add_argument("--twice", action="store_true", help="each rank checkpoints in a folder of its own (as the CLI's "
+                   "ranks do), then fits the same start again: every rank must resume (none may train alone)")
     args = p.parse_args()
     torch.set_num_threads(1)
     ds = load_digits()
@@ -56,9 +58,15 @@ def main() -> None:
     hooks = [MaskHook(masks), LearnsABias(args.stop_at_step)]
     # 1437 training images in batches of 64: the last batch (29) is split 15 + 14 between two ranks.
     batches = Loader(ds.train, 64, shuffle=True, augment=False, mean=ds.mean, std=ds.std, seed=0)
-    result = fit(model, batches, TrainConfig(epochs=3, lr=0.05), hooks=hooks, checkpoint=args.out / "checkpoint.pt",
-                 device="cpu", progress=False)
     rank = int(os.environ.get("RANK", 0))
+    checkpoint = args.out / (f"rank{rank}" if args.twice else "") / "checkpoint.pt"
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, batches, TrainConfig(epochs=3, lr=0.05), hooks=hooks, checkpoint=checkpoint, device="cpu",
+                 progress=False)
+    if args.twice:
+        model.load_state_dict(start)
+        result = fit(model, batches, TrainConfig(epochs=3, lr=0.05), hooks=hooks, checkpoint=checkpoint,
+                     device="cpu", progress=False)
     torch.save({"model": model.state_dict(), "bias": hooks[1].bias.detach(), "masks": masks,
                 "history": result.history, "resumed_from_epoch": result.resumed_from_epoch},
                args.out / f"rank{rank}.pt")

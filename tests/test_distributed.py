@@ -106,6 +106,13 @@ def test_two_processes_train_as_one_keep_masks_and_resume(tmp_path):
         assert c["resumed_from_epoch"] == 1
         assert all(torch.equal(c["model"][k], b0["model"][k]) for k in c["model"])
 
+    # Every rank can resume what it trained (each CLI rank checkpoints into its own copy of --out).
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    _torchrun(tmp_path, str(SCRIPT), str(twice), "--twice")
+    for r in (0, 1):
+        assert torch.load(twice / f"rank{r}.pt", weights_only=True)["resumed_from_epoch"] == 3
+
     # A parameter that never takes part in the forward pass stalls DDP: a clear error says what to do.
     done = _torchrun(tmp_path, str(SCRIPT), str(tmp_path), "--unused-layer", check=False)
     assert done.returncode != 0 and "requires_grad=False" in done.stderr

@@ -55,11 +55,22 @@ def test_a_recipe_round_trips_through_its_three_spellings():
     ({"speed": 1}, "no setting 'speed'"),
     ({"steps": []}, "at least one step"),
     ({"steps": ["decompose", "deep-compress"]}, "cannot run in that order"),
+    ({"steps": ["quantize"]}, "cnnzip quantize"),
+    ({"target": True}, "target must be"),
+    ({"finetune": {"lr": True}}, "finetune.lr"),
     ({"steps": ["prune", "decompose", "deep-compress"]}, "at most two strengths"),
 ])
 def test_a_wrong_recipe_gets_one_clear_error(data, message):
     with pytest.raises(ConfigError, match=message):
         Recipe.from_dict(data)
+
+
+def test_set_spells_what_a_file_would():
+    data = apply_overrides({}, ["steps=prune,quantize", "prune.round_to=8", "finetune.lr=1e-3",
+                                "finetune.final_epochs=1", "drop=1e-05"])
+    recipe = Recipe.from_dict(data)
+    assert recipe.settings("prune").round_to == 8 and recipe.finetune.lr == 0.001 and recipe.drop == 1e-05
+    assert Recipe.from_dict(apply_overrides({}, ["prune.method=fpgm"])).settings("prune").method == "fpgm"
 
 
 def test_set_names_the_missing_step():

@@ -417,3 +417,50 @@ def test_a_search_on_two_ray_workers_records_every_trial_once_and_finds_the_same
         if strategy == "grid":
             assert len(indices) == 16  # the whole 4 x 4 grid, at once
         assert two.cost["checks"] >= one.cost["checks"]  # speculative checks are counted, not hidden
+
+
+def test_budgets_with_workers_stop_where_a_search_alone_stops(tmp_path):
+    """Checks computed ahead do not count against --max-checks until the strategy asks for them, so a budgeted
+    search with workers stops at the same winner as one without (the real Trials, a stand-in pool)."""
+    from types import SimpleNamespace
+
+    from cnnzip.search.candidates import Candidate
+    from cnnzip.search.strategies import bisect_search
+    from cnnzip.search.trials import Trials
+    from cnnzip.search.workers import run_check
+
+    class Compressor:
+        pipeline = Pipeline(order="ns-dc")
+
+        def build(self, ratios, finetune=None):
+            i, j = (round(r * 20) for r in ratios)
+            return Candidate(ratios, (i, j), 10_000 - 40 * i - 100 * j)
+
+    class Evaluator:
+        def evaluate(self, model):
+            i, j = model
+            return SimpleNamespace(accuracy=1 - (i + 2 * j) / 100, complete=True, evaluated=1, passed=None)
+
+    class Pool:  # computes each batch at once, as workers would
+        def __init__(self, trials):
+            self.trials = trials
+
+        def run(self, items, done, stop=None):
+            for index, ratios in items:
+                if stop is not None and stop():
+                    return
+                done(run_check(self.trials.job, index, ratios))
+
+    grid = [k * 0.05 for k in range(20)]
+    for budget in (8, 12, 16, None):
+        found = []
+        for width in (1, 4):
+            trials = Trials(Compressor(), Evaluator(), 0.76, grid, tmp_path / f"{budget}-{width}.jsonl",
+                            strategy="bisect", early_exit=False, max_checks=budget)
+            if width > 1:
+                trials.width, trials.pool = width, Pool(trials)
+            best = bisect_search(trials, 20, 5)
+            found.append((best.index, list(trials.asked)))
+            if width > 1:
+                assert trials.cost()["checks"] >= len(trials.asked)  # speculative checks are counted in the cost
+        assert found[0] == found[1], budget

@@ -214,7 +214,10 @@ def select_device(preference: str = "auto") -> torch.device:
 def _this_ranks_gpu(device: torch.device) -> torch.device:
     """Under torchrun each process trains on its own GPU, cuda:LOCAL_RANK, unless the user named one."""
     w = distributed.world()
-    if device.type == "cuda" and device.index is None and w.distributed:
+    if device.type == "cuda" and w.distributed:
+        if device.index is not None and device.index != w.local_rank:
+            raise ConfigError(f"under torchrun each process trains on its own GPU, cuda:LOCAL_RANK; {device} would "
+                              "put them all on one: use --device cuda (or auto)")
         return torch.device("cuda", w.local_rank)
     return device
 
@@ -302,7 +305,9 @@ def fit(
             metrics["val_acc"] = evaluator.evaluate(model).accuracy
         result.history.append(metrics)
         stop = any(bool(h.epoch_end(model, epoch, metrics)) for h in hooks)
-        if checkpoint is not None and distributed.is_main():  # every rank holds the same state; one writes it
+        # Every rank writes (the state is the same on all; under the CLI each rank has its own run directory, and
+        # a shared path is replaced atomically): a later fit that resumes from it then resumes on every rank.
+        if checkpoint is not None:
             atomic_save({
                 "format": "cnnzip.train-checkpoint", "version": 1, "identity": identity, "stopped": stop,
                 "epoch": epoch + 1, "config": asdict(config), "history": result.history,
@@ -328,6 +333,9 @@ def _data_parallel(model: nn.Module, batches, device: torch.device, hook_params)
     from torch.nn.parallel import DistributedDataParallel
 
     distributed.initialize(device)
+    if torch.distributed.get_backend() == "nccl" and device.type != "cuda":
+        raise ConfigError(f"this job's processes talk over NCCL (GPUs), but this training runs on {device}; run "
+                          "it on the GPU, or start the job without GPUs visible")
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return batches.shard(w.rank, w.size), net
 
@@ -355,6 +363,8 @@ def _train_epoch(model, net, batches, config, optimizer, scaler, hooks, device, 
                     extra = hook.loss(model, x, logits, y)
                 if extra is not None:
                     loss = loss + extra
+            if net is not model:  # DDP averages the ranks' gradients: weight each by its share of the whole batch
+                loss = loss * (len(y) * distributed.world().size / distributed.all_reduce_sum([len(y)])[0])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         distributed.average_gradients(hook_params)  # the model's own are averaged by DDP during backward

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -83,10 +84,12 @@ def _run_on_every_rank(args: argparse.Namespace) -> int:
         args.quiet = args.no_progress = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process; rank 0 prints
         scratch = Path(tempfile.mkdtemp(prefix=f"cnnzip-rank{w.rank}-"))
+        # torchrun stops the other ranks with SIGTERM when one fails: exit through `finally`, which removes the copy
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         out = Path(args.out)
         if out.exists():
-            shutil.copytree(out, scratch / out.name, symlinks=True)
-        args.out = scratch / out.name
+            shutil.copytree(out, scratch / "out", symlinks=True)
+        args.out = scratch / "out"
     distributed.barrier()
     try:
         return int(args.func(args) or 0)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import distributed
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..search.recipe import STEPS, Recipe, apply_overrides, default_recipe, recipe_from_file
@@ -35,7 +36,7 @@ A recipe file (YAML or JSON):
   finetune: {final_epochs: 1, distill: response}
 OUT/recipe.json keeps the recipe that ran: `--recipe OUT/recipe.json` repeats it exactly."""
 
-FREE = ("max_checks", "time_budget", "workers", "ray_address")
+FREE = ("max_checks", "time_budget", "workers", "ray_address", "train_batch_size", "no_augment")
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
@@ -100,7 +101,9 @@ def run(args) -> int:
     config = recipe.to_search(args.max_checks, args.time_budget)
     # The options `search` reads, from the recipe: one schema, so `compress` holds no settings of its own.
     prune, quant, tune = recipe.settings("prune"), recipe.settings("quantize"), recipe.finetune
-    args.recipe_resolved = recipe.as_dict()  # part of the run's identity (run.json)
+    # The run's identity (run.json): the recipe without its fine-tune, which changes only the winner's training
+    # (as for `search`, whose fine-tune options are free), so that a new fine-tune reuses the recorded trials.
+    args.recipe_resolved = {k: v for k, v in recipe.as_dict().items() if k != "finetune"}
     for name, value in {
         "structured": config.pipeline.structured, "pca_images": 2048, "recalibrate": config.pipeline.recalibrate,
         "quantize": config.pipeline.quantize, "calibration_images": quant.calibration_images if quant else 512,
@@ -116,6 +119,9 @@ def run(args) -> int:
         except ImportError as exc:
             raise ConfigError("this recipe quantizes to int8, which needs ONNX Runtime: pip install "
                               "'cnnzip[onnx]'") from exc
+    if (args.workers > 1 or args.ray_address) and distributed.world().distributed:
+        raise ConfigError("--workers and --ray-address run checks on Ray, not under torchrun: start the search as "
+                          "one process (its fine-tunes can still run under torchrun as separate commands)")
     if args.workers > 1 or args.ray_address:
         try:
             import ray  # noqa: F401

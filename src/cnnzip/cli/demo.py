@@ -21,7 +21,6 @@ from ..train import TrainConfig, fit
 from .options import Progress, add_out_args, start_run
 
 NAME = "demo"
-TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
 HELP = "the main job on bundled data: train a small CNN, find its smallest file within a point, report"
 DESCRIPTION = ("The self-contained demo (no download, about a minute): trains a small CNN on scikit-learn's digits, "
                "searches for the smallest compressed file whose validation accuracy is at most --drop below the "

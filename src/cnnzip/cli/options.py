@@ -388,6 +388,9 @@ def run_fingerprint(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     weights = getattr(args, "weights", None) or getattr(args, "model_path", None)
     if weights is not None:
         fp["weights"] = file_digest(Path(weights))
+    if getattr(args, "model_py", None):  # the architecture's code: an edited factory is another run
+        path, _, factory = args.model_py.rpartition(":")
+        fp["model_py"] = f"{file_digest(Path(path))}:{factory}"
     return {**fp, **extra}
 
 

@@ -6,6 +6,7 @@ import json
 import shutil
 from dataclasses import replace
 
+from .. import distributed
 from ..distill import Distillation
 from ..errors import ConfigError
 from ..io import load, skeleton
@@ -123,6 +124,9 @@ def run(args) -> int:
         recovery_images=args.recover_images, recovery_distill=args.recover_distill)
     if args.workers < 1:
         raise ConfigError(f"--workers must be 1 or more; got {args.workers}")
+    if (args.workers > 1 or args.ray_address) and distributed.world().distributed:
+        raise ConfigError("--workers and --ray-address run checks on Ray, not under torchrun: start the search as "
+                          "one process (its fine-tunes can still run under torchrun as separate commands)")
     if args.workers > 1 or args.ray_address:
         try:
             import ray  # noqa: F401 - checked before any work

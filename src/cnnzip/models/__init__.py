@@ -14,8 +14,8 @@ from ._checkpoint import load_weights, read_checkpoint
 from ._registry import create_model, list_models, register_model
 from .factored import FactoredConv2d, FactoredLinear, factor_layers, factored_layers
 from .removed import RemovedBlock, remove_blocks, removed_blocks
-from .user import USER_ATTRIBUTE, build_user_model, user_factory
+from .user import USER_ATTRIBUTE, USER_MODULE_PREFIX, build_user_model, user_factory
 
 __all__ = ["create_model", "list_models", "load_weights", "read_checkpoint", "register_model", "RemovedBlock", "remove_blocks",
-           "removed_blocks", "FactoredConv2d", "FactoredLinear", "factor_layers", "factored_layers", "USER_ATTRIBUTE",
+           "removed_blocks", "FactoredConv2d", "FactoredLinear", "factor_layers", "factored_layers", "USER_ATTRIBUTE", "USER_MODULE_PREFIX",
            "build_user_model", "user_factory"]

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 __all__ = ["user_factory", "build_user_model", "USER_ATTRIBUTE"]
 
 USER_ATTRIBUTE = "cnnzip_user"  # stamped on models a factory built: "file.py:factory", saved as text
+USER_MODULE_PREFIX = "cnnzip_user_"  # the name under which a user's file is imported
 
 
 def user_factory(spec: str) -> Callable[[], nn.Module]:
@@ -32,7 +33,7 @@ def user_factory(spec: str) -> Callable[[], nn.Module]:
     if path.suffix != ".py" or not path.is_file():
         raise ConfigError(f"--model-py {spec!r}: {path} is not a Python file{'' if path.exists() else ' (not found)'}")
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    module_name = f"cnnzip_user_{path.stem}_{key}"
+    module_name = f"{USER_MODULE_PREFIX}{path.stem}_{key}"
     module = sys.modules.get(module_name)
     if module is None:
         loader_spec = importlib.util.spec_from_file_location(module_name, path)

@@ -152,7 +152,8 @@ class Compressor:
 
     def prepare(self) -> None:
         """Do now the analysis that the first structured candidate would do (the channel graph, PCA spectra), so
-        that a copy sent to a worker carries it instead of each worker repeating it."""
+        that a copy sent to a worker carries the spectra instead of each worker measuring them (the graph holds a
+        traced autograd graph that does not pickle: each worker analyses the model once)."""
         if "ns" in self.pipeline.axes:
             if self._graph is None:
                 self._graph = analyze(self.model, self.example, skip=self.pipeline.skip)

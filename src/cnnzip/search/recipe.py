@@ -73,7 +73,8 @@ class QuantizeStep:
     calibration_images: int = 512
 
     def __post_init__(self) -> None:
-        if not isinstance(self.calibration_images, int) or self.calibration_images < 1:
+        if not _number(self.calibration_images) or not isinstance(self.calibration_images, int) \
+                or self.calibration_images < 1:
             raise ConfigError(f"quantize.calibration_images must be a positive integer; got "
                               f"{self.calibration_images!r}")
 
@@ -132,11 +133,10 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"search.strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
-        if not (isinstance(self.step, (int, float)) and isinstance(self.max_ratio, (int, float))
-                and 0 < self.step <= self.max_ratio < 1):
+        if not (_number(self.step) and _number(self.max_ratio) and 0 < self.step <= self.max_ratio < 1):
             raise ConfigError(f"search needs 0 < step <= max_ratio < 1; got step {self.step!r}, max_ratio "
                               f"{self.max_ratio!r}")
-        if not isinstance(self.margin, int) or self.margin < 0:
+        if not _number(self.margin) or not isinstance(self.margin, int) or self.margin < 0:
             raise ConfigError(f"search.margin must be an integer >= 0; got {self.margin!r}")
         if not isinstance(self.recalibrate, int) or isinstance(self.recalibrate, bool) or self.recalibrate < 0:
             raise ConfigError(f"search.recalibrate is a number of training images (0: none); got "
@@ -159,7 +159,7 @@ class FinetuneSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"finetune.{name} must be an integer >= 0; got {value!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+        if not _number(self.lr) or not self.lr > 0:
             raise ConfigError(f"finetune.lr must be > 0; got {self.lr!r}")
         if self.distill not in (None, "response"):
             raise ConfigError(f"finetune.distill must be response (soft targets from the starting model) or "
@@ -203,6 +203,9 @@ class Recipe:
                 raise ConfigError(f"step {kinds[i + 1]!r} changes float weights, so it cannot follow {kind!r}, "
                                   f"which makes a quantized file: put {kind!r} last")
         searched = [k for k in kinds if STEPS[k].axis]
+        if not searched:
+            raise ConfigError("a recipe needs a step whose strength the search chooses (prune, decompose or "
+                              "deep-compress); for int8 alone, use `cnnzip quantize`")
         if len(searched) > 2:
             raise ConfigError(f"the search turns at most two strengths at once; this recipe has {len(searched)} "
                               f"({', '.join(searched)})")
@@ -221,9 +224,9 @@ class Recipe:
         if (self.drop is None) == (self.target is None):
             raise ConfigError("give exactly one of drop (points below the baseline, e.g. 0.01) and target (an "
                               "accuracy, e.g. 0.9)")
-        if self.drop is not None and not (isinstance(self.drop, (int, float)) and 0 <= self.drop < 1):
+        if self.drop is not None and not (_number(self.drop) and 0 <= self.drop < 1):
             raise ConfigError(f"drop must be in [0, 1); got {self.drop!r}")
-        if self.target is not None and not (isinstance(self.target, (int, float)) and 0 < self.target <= 1):
+        if self.target is not None and not (_number(self.target) and 0 < self.target <= 1):
             raise ConfigError(f"target must be an accuracy in (0, 1]; got {self.target!r}")
         if self.finetune.structured_epochs and kinds[:2] != ["prune", "deep-compress"]:
             raise ConfigError("finetune.structured_epochs fine-tunes between prune and deep-compress: the recipe "
@@ -288,6 +291,11 @@ class Recipe:
         return SearchConfig(pipeline=pipeline, strategy=self.search.strategy, target=self.target, drop=self.drop,
                             step=self.search.step, max_ratio=self.search.max_ratio, margin=self.search.margin,
                             max_checks=max_checks, time_budget=time_budget, objective=self.objective)
+
+
+def _number(value: Any) -> bool:
+    """A real number: YAML's true/false are ints to Python, and never a setting's number."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _known(data: Mapping, allowed: set[str], where: str) -> None:
@@ -357,9 +365,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: give key=value, e.g. search.step=0.1")
         try:
-            value = yaml.safe_load(text) if text else None
+            value = _scalar(text, yaml)
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"--set {item!r}: {text!r} is not a value") from exc
+        steps = data.get("steps", [{"prune": {}}, {"deep-compress": {}}])  # (Recipe.from_dict's default)
+        if isinstance(steps, str):
+            steps = [s.strip() for s in steps.split(",") if s.strip()]
+        data["steps"] = steps
         head, _, rest = key.partition(".")
         if not rest:
             if head == "drop":
@@ -368,7 +380,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 data.pop("drop", None)
             data[head] = value
         elif head in STEPS:
-            steps = [s if isinstance(s, dict) else {s: {}} for s in data.get("steps", [])]
+            steps = [s if isinstance(s, dict) else {s: {}} for s in data["steps"]]
             match = [s for s in steps if head in s]
             if not match:
                 raise ConfigError(f"--set {item!r}: the recipe has no {head!r} step (steps: "
@@ -381,4 +393,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"--set {item!r}: {head} is not a section of the recipe")
             section[rest] = value
     return data
+
+
+def _scalar(text: str, yaml) -> Any:
+    """A command-line value: an int, a float (1e-3 included, which YAML 1.1 reads as text), else a YAML scalar."""
+    if not text:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 

@@ -60,6 +60,7 @@ class Trials:
         self.job = CheckJob(compressor, evaluator, target, early_exit, latency_batch, recovery)
         self.width = workers  # how many checks the strategies ask for at once
         self.pool = RayWorkers(self.job, workers, ray_address, worker_threads) if workers > 1 or ray_address else None
+        self.speculative: set[tuple[int, ...]] = set()  # prefetched by this run, not yet asked for
         self.done: dict[tuple[int, ...], Trial] = {}  # recorded, by this run or the one it resumes
         self.asked: dict[tuple[int, ...], Trial] = {}  # asked for by this run's strategy, replayed or computed
         self.sizes: dict[tuple[int, ...], tuple[int, float]] = {}  # size-only builds: bytes, seconds
@@ -113,6 +114,9 @@ class Trials:
 
     def check(self, index: tuple[int, ...]) -> Trial:
         if index in self.done:
+            if index in self.speculative:  # computed ahead: the budget applies as if it were computed now
+                self._within_budget()
+                self.speculative.discard(index)
             self.asked[index] = self.done[index]
             return self.done[index]
         self._within_budget()
@@ -135,21 +139,33 @@ class Trials:
         todo = [i for i in dict.fromkeys(tuple(i) for i in indices)
                 if i not in self.done and all(0 <= k < n for k in i)]
         if self.max_checks is not None:
-            todo = todo[:max(0, self.max_checks - len(self.done))]
-        if not todo or (self.time_budget is not None and time.perf_counter() - self.started > self.time_budget):
+            todo = todo[:max(0, self.max_checks - self._counted())]
+        if not todo or self._out_of_time():
             return
         self._built = None
-        self.pool.run([(i, self.ratios(i)) for i in todo], self._record)
+
+        def record(trial: Trial) -> None:
+            self._record(trial)
+            self.speculative.add(trial.index)
+
+        self.pool.run([(i, self.ratios(i)) for i in todo], record, stop=self._out_of_time)
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
 
+    def _counted(self) -> int:
+        """Checks the budget counts: every recorded one, except those computed ahead and not asked for yet."""
+        return len(self.done) - len(self.speculative)
+
+    def _out_of_time(self) -> bool:
+        return self.time_budget is not None and time.perf_counter() - self.started > self.time_budget
+
     def _within_budget(self) -> None:
-        if self.max_checks is not None and len(self.done) >= self.max_checks:
+        if self.max_checks is not None and self._counted() >= self.max_checks:
             self.exhausted = True
             raise BudgetExhausted(f"reached --max-checks {self.max_checks}")
-        if self.time_budget is not None and time.perf_counter() - self.started > self.time_budget:
+        if self._out_of_time():
             self.exhausted = True
             raise BudgetExhausted(f"reached --time-budget {self.time_budget} s")
 
@@ -178,7 +194,7 @@ class Trials:
                 "size_builds": len(self.sizes),
                 "seconds": sum(t.seconds for t in self.done.values()) + sum(sec for _, sec in self.sizes.values())}
         if self.pool is not None:  # checked ahead of time on a worker, then never asked for by the strategy
-            cost["unused_checks"] = sum(1 for i in self.done if i not in self.asked)
+            cost["unused_checks"] = len(self.speculative)
         if self.recovery is not None:  # (size-only builds recover too; their seconds are in the total)
             cost["recovery_seconds"] = sum(t.recovery_seconds or 0.0 for t in self.done.values())
         return cost

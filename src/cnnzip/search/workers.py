@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..measure import Evaluator
+from ..models import USER_MODULE_PREFIX
 from .candidates import Candidate, Compressor, Finetune
 
 __all__ = ["CheckJob", "Trial", "run_check", "RayWorkers"]
@@ -124,14 +126,21 @@ class RayWorkers:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
         job.compressor.prepare()  # what can be shared (PCA spectra) is measured once, before it is copied
+        for name, module in list(sys.modules.items()):  # a --model-py architecture: workers cannot import it
+            if name.startswith(USER_MODULE_PREFIX):
+                ray.cloudpickle.register_pickle_by_value(module)
         ref = ray.put(job)
         actor = ray.remote(num_cpus=threads, max_restarts=0)(_Checker)
         self._actors = [actor.remote(ref, threads) for _ in range(workers)]
 
-    def run(self, items: Sequence[tuple[tuple[int, ...], tuple[float, ...]]], done: Callable[[Trial], None]) -> None:
-        """Check every (index, ratios) item, calling `done(trial)` as each one finishes (in finishing order)."""
+    def run(self, items: Sequence[tuple[tuple[int, ...], tuple[float, ...]]], done: Callable[[Trial], None],
+            stop: Callable[[], bool] | None = None) -> None:
+        """Check every (index, ratios) item, calling `done(trial)` as each one finishes (in finishing order); once
+        `stop()` is true (a time budget), start no more."""
         queue, idle, pending = list(items), list(self._actors), {}
         while queue or pending:
+            if stop is not None and stop():
+                queue = []
             while queue and idle:
                 actor = idle.pop()
                 pending[actor.check.remote(*queue.pop(0))] = actor
