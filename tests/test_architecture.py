@@ -18,7 +18,7 @@ LAYERS = {
     "models": 1, "data": 1,
     "io": 2, "measure": 2,
     "train": 3,
-    "finetune": 4,
+    "finetune": 4, "methods": 4,
     "prune": 5, "deep": 5, "distill": 5, "deploy": 5, "quantize": 5, "lowrank": 5,  # method families
     "report": 6,
     "search": 7,

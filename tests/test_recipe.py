@@ -168,3 +168,43 @@ def test_a_low_rank_step_is_searchable(tmp_path):
     reloaded, _ = load(tmp_path / "c.pt")
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(reloaded(x), candidate.model(x))
+
+
+def test_a_new_family_registers_itself_and_touches_nothing_else(tmp_path):
+    """A method registered from outside (here, a test's toy that scales weights down) is a recipe step and a
+    search axis at once: `Recipe`, `Pipeline` and the candidate builder find it in `cnnzip.methods`."""
+    import copy
+    from dataclasses import dataclass
+
+    import torch
+
+    from cnnzip.io import ModelMeta
+    from cnnzip.methods import METHODS, Method, register_method
+    from cnnzip.models import create_model
+    from cnnzip.search.candidates import Compressor
+
+    @dataclass(frozen=True)
+    class ShrinkStep:
+        pass
+
+    def shrink(model, ratio, context):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 - ratio)
+        return model
+
+    register_method(Method("shrink", ShrinkStep, axis="sh", after=("ns",), apply=shrink, summary="a test's toy"))
+    try:
+        recipe = Recipe.from_dict({"steps": ["prune", "shrink"], "search": {"recalibrate": 0}})
+        pipeline = recipe.to_search().pipeline
+        assert pipeline.order == "ns-sh"
+        model = create_model("small_cnn", num_classes=10, in_channels=1).eval()
+        candidate = Compressor(model, pipeline, ModelMeta((0.5,), (0.25,), (1, 8, 8)), workdir=tmp_path).build(
+            (0.0, 0.5))
+        first = next(iter(model.parameters()))
+        assert torch.allclose(next(iter(candidate.model.parameters())), first * 0.5)
+        with pytest.raises(ConfigError, match="cannot run in that order"):
+            Recipe.from_dict({"steps": ["shrink", "prune"]})
+    finally:
+        del METHODS["shrink"]

@@ -19,6 +19,7 @@ from .magnitude import (
 )
 from .pipeline import deep_compress
 from .sharing import Codebook, SharedWeightsHook, WeightSharing, codebooks_of, kmeans_1d, share_weights
+from .step import DeepCompressStep
 
 __all__ = [
     "LayerSize", "SizeReport", "load_compressed", "save_compressed",
@@ -27,4 +28,5 @@ __all__ = [
     "prune_magnitude", "sparsity",
     "deep_compress",
     "Codebook", "SharedWeightsHook", "WeightSharing", "codebooks_of", "kmeans_1d", "share_weights",
+    "DeepCompressStep",
 ]

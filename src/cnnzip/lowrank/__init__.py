@@ -5,5 +5,6 @@
 """
 
 from .decompose import DecomposeResult, Decomposition, decompose, energy_rank
+from .step import DecomposeStep
 
-__all__ = ["Decomposition", "DecomposeResult", "decompose", "energy_rank"]
+__all__ = ["Decomposition", "DecomposeResult", "decompose", "energy_rank", "DecomposeStep"]

@@ -10,6 +10,7 @@ from .importance import IMPORTANCE, bn_scale, fpgm, l1_norm, l2_norm, random_sco
 from .layers import register_layer
 from .pca import PcaPruning, pca_plan, pca_prune
 from .slimming import SparsityHook, bn_scales
+from .step import PruneStep
 
 __all__ = [
     "ChannelPruning", "PruneResult", "apply_plan", "plan_channels", "prune_channels", "prune_to_macs",
@@ -17,5 +18,5 @@ __all__ = [
     "register_layer",
     "PcaPruning", "pca_plan", "pca_prune",
     "IMPORTANCE", "bn_scale", "fpgm", "l1_norm", "l2_norm", "random_scores",
-    "SparsityHook", "bn_scales",
+    "SparsityHook", "bn_scales", "PruneStep",
 ]

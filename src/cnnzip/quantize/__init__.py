@@ -10,7 +10,8 @@ Needs the optional extra: `pip install 'cnnzip[onnx]'`.
 from .ptq import CALIBRATIONS, Int8Result, PostTraining, quantizable_nodes, quantize_onnx, top1_agreement
 from .qat import FakeQuantized, QuantizationAware, calibrate_ranges, prepare_qat, strip_qat
 from .sensitivity import Fallback, quantize_to_target
+from .step import QuantizeStep
 
 __all__ = ["CALIBRATIONS", "Int8Result", "PostTraining", "quantizable_nodes", "quantize_onnx", "top1_agreement",
            "FakeQuantized", "QuantizationAware", "calibrate_ranges", "prepare_qat", "strip_qat",
-           "Fallback", "quantize_to_target"]
+           "Fallback", "quantize_to_target", "QuantizeStep"]

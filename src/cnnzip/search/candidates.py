@@ -14,11 +14,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import lowrank  # noqa: F401 - registers its search axis
 from ..deep import (
     MagnitudePruning,
     MaskHook,
@@ -32,14 +34,15 @@ from ..deep import (
 from ..errors import ConfigError
 from ..finetune import Finetune
 from ..io import ModelMeta, save_model
-from ..lowrank import Decomposition, decompose
+from ..methods import by_axis, orders
 from ..prune import IMPORTANCE, ChannelPruning, analyze, apply_plan, plan_channels
 from ..prune.pca import activation_spectra, significant_components
 from ..train import recalibrate_batchnorm
 
 __all__ = ["Pipeline", "Candidate", "Compressor", "ORDERS", "STAGES", "Finetune", "pca_variance"]
 
-ORDERS = ("ns-dc", "dc-ns", "ns", "dc", "lr", "ns-lr")
+# Orders the search runs: each registered axis alone and each pair a method declares (`methods.orders`).
+ORDERS = orders()
 
 STAGES = ("structured", "final", "shared")
 """When `build` offers fine-tuning: after the structured step (if another step follows), after the last pruning
@@ -83,8 +86,8 @@ class Pipeline:
     recalibrate: int = 0
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise ConfigError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}")
+        if self.order not in orders():
+            raise ConfigError(f"order must be one of {', '.join(orders())}; got {self.order!r}")
         if self.structured != "pca" and self.structured not in IMPORTANCE:
             raise ConfigError(f"structured must be pca or one of {', '.join(IMPORTANCE)}; got {self.structured!r}")
         if self.quantize not in (None, "int8"):
@@ -139,6 +142,7 @@ class Compressor:
         self.meta = meta
         self.example = torch.zeros(1, *meta.input_shape)
         self._graph = None
+        self._context = SimpleNamespace(example=self.example, skip=pipeline.skip)
         self._tmp = tempfile.TemporaryDirectory() if workdir is None else None
         self.workdir = Path(workdir) if workdir is not None else Path(self._tmp.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -175,12 +179,11 @@ class Compressor:
                 model = self._channel_prune(model, ratio)
                 if finetune is not None and ratio > 0 and k + 1 < len(ratios):
                     finetune("structured", model, [])
-            elif method == "lr":
-                if ratio > 0:  # Tucker-2 / SVD factors removing `ratio` of the MACs (`lowrank.decompose`)
-                    model = decompose(model, Decomposition(macs_reduction=ratio, skip=self.pipeline.skip),
-                                      self.example).model
-            elif ratio > 0:
-                model, masks = prune_magnitude(model, MagnitudePruning(ratio=ratio, skip=self.pipeline.skip))
+            elif method == "dc":
+                if ratio > 0:
+                    model, masks = prune_magnitude(model, MagnitudePruning(ratio=ratio, skip=self.pipeline.skip))
+            else:  # a family's own step (e.g. low-rank factors): its registered `apply`
+                model = by_axis(method).apply(model, ratio, self._context)
         if finetune is not None:
             if model is self.model:  # nothing pruned: train a copy, never the model every candidate starts from
                 model = copy.deepcopy(model)

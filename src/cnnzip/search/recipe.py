@@ -12,8 +12,8 @@ A recipe is one schema with three spellings: a YAML (or JSON) file, `--set key=v
     search: {strategy: bisect, step: 0.05, max_ratio: 0.95, recalibrate: 512}
     finetune: {final_epochs: 1, distill: response}
 
-The step kinds live in `STEPS`, one entry per family: its name, its settings (a frozen dataclass that checks
-itself), what the search does with it, and the file the recipe then writes.
+The step kinds are the methods the families register (`cnnzip.methods`): name, settings (a frozen dataclass that
+checks itself), the search axis of its strength, and the file the recipe then writes.
 """
 
 from __future__ import annotations
@@ -24,97 +24,28 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..deep import DeepCompressStep  # (importing a family registers its step)
 from ..errors import ConfigError
-from ..prune import IMPORTANCE
-from .candidates import ORDERS, Pipeline
+from ..lowrank import DecomposeStep
+from ..methods import METHODS, by_axis, orders
+from ..prune import PruneStep
+from ..quantize import QuantizeStep
+from .candidates import Pipeline
 from .run import OBJECTIVES, SearchConfig
 from .strategies import STRATEGIES
 
-__all__ = ["Recipe", "StepKind", "STEPS", "SearchSettings", "FinetuneSettings", "DEFAULT_RECIPES",
-           "default_recipe", "recipe_from_file", "apply_overrides"]
+__all__ = ["Recipe", "STEPS", "SearchSettings", "FinetuneSettings", "DEFAULT_RECIPES", "default_recipe",
+           "recipe_from_file", "apply_overrides", "PruneStep", "DeepCompressStep", "DecomposeStep", "QuantizeStep"]
 
 
 # ---------------------------------------------------------------- the step kinds
 
-
-@dataclass(frozen=True)
-class PruneStep:
-    """Structured channel pruning: which channels (`method`), and how the widths are shaped."""
-
-    method: str = "l1"
-    round_to: int = 1
-    inner_only: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method != "pca" and self.method not in IMPORTANCE:
-            raise ConfigError(f"prune.method must be pca or one of {', '.join(IMPORTANCE)}; got {self.method!r}")
-        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
-            raise ConfigError(f"prune.round_to must be an integer >= 1; got {self.round_to!r}")
+# Each family registers its step (`cnnzip.methods`); importing the families here makes them all present.
+STEPS = METHODS
 
 
-@dataclass(frozen=True)
-class DeepCompressStep:
-    """Magnitude pruning (its ratio searched), k-means weight sharing at these bits, Huffman coding."""
-
-    conv_bits: int = 8
-    fc_bits: int = 5
-
-    def __post_init__(self) -> None:
-        for name in ("conv_bits", "fc_bits"):
-            bits = getattr(self, name)
-            if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
-                raise ConfigError(f"deep-compress.{name} must be an integer from 1 to 8; got {bits!r}")
-
-
-@dataclass(frozen=True)
-class QuantizeStep:
-    """int8 post-training quantization in ONNX Runtime's QDQ format, calibrated on training images."""
-
-    calibration_images: int = 512
-
-    def __post_init__(self) -> None:
-        if not _number(self.calibration_images) or not isinstance(self.calibration_images, int) \
-                or self.calibration_images < 1:
-            raise ConfigError(f"quantize.calibration_images must be a positive integer; got "
-                              f"{self.calibration_images!r}")
-
-
-@dataclass(frozen=True)
-class DecomposeStep:
-    """Low-rank factors (Tucker-2 for k x k convolutions, SVD for 1x1 and linear layers); the share of MACs they
-    remove is searched."""
-
-
-@dataclass(frozen=True)
-class StepKind:
-    """A family as recipes see it. `axis`: the search axis whose ratio it turns ('ns', 'dc'), or None for a
-    step with no strength (quantize); `float_weights`: it changes weights, so it cannot follow a step whose
-    output is a quantized file; `writes`: the suffix of the file the recipe writes when the step comes last."""
-
-    name: str
-    settings: type
-    axis: str | None
-    float_weights: bool
-    writes: str
-    summary: str
-
-
-STEPS: dict[str, StepKind] = {}
-
-
-def register_step(kind: StepKind) -> StepKind:
-    STEPS[kind.name] = kind
-    return kind
-
-
-register_step(StepKind("prune", PruneStep, "ns", True, ".pt", "structured channel pruning (ratio searched)"))
-register_step(StepKind("deep-compress", DeepCompressStep, "dc", True, ".cnnz",
-                       "magnitude pruning (ratio searched), weight sharing, Huffman coding"))
-register_step(StepKind("decompose", DecomposeStep, "lr", True, ".pt",
-                       "low-rank factors removing a share of the MACs (share searched)"))
-register_step(StepKind("quantize", QuantizeStep, None, False, ".int8.onnx", "int8 in ONNX Runtime (no strength)"))
-
-_STEP_OF = {k.axis: k.name for k in STEPS.values() if k.axis}
+def _step_of(axis: str) -> str:
+    return by_axis(axis).name
 
 
 # ---------------------------------------------------------------- the rest of a recipe
@@ -210,9 +141,9 @@ class Recipe:
             raise ConfigError(f"the search turns at most two strengths at once; this recipe has {len(searched)} "
                               f"({', '.join(searched)})")
         order = "-".join(STEPS[k].axis for k in searched)
-        if searched and order not in ORDERS:
+        if searched and order not in orders():
             raise ConfigError(f"steps {' then '.join(searched)} cannot run in that order; searchable orders: "
-                              + "; ".join(" then ".join(_STEP_OF[a] for a in o.split("-")) for o in ORDERS))
+                              + "; ".join(" then ".join(_step_of(a) for a in o.split("-")) for o in orders()))
         if "quantize" in kinds and "deep-compress" in kinds:
             raise ConfigError("an int8 file stores dense weights, so deep compression's zeros and shared values "
                               "would not shrink it: use prune then quantize, or prune then deep-compress")
@@ -240,8 +171,8 @@ class Recipe:
 
     @property
     def writes(self) -> str:
-        """The suffix of the file this recipe ships."""
-        return ".int8.onnx" if self.settings("quantize") else ".cnnz" if self.settings("deep-compress") else ".pt"
+        """The suffix of the file this recipe ships: its last step's."""
+        return STEPS[self.steps[-1][0]].writes
 
     # ------------------------------------------------------------ spellings
 
