@@ -468,12 +468,39 @@ def _shared_copy(model: nn.Module) -> nn.Module:
     Each tensor is a new tensor object over the same memory, so that reassigning `.data` in the copy (a dtype
     conversion) leaves the original alone; Torch-Pruning's handlers build new tensors rather than edit in place.
     """
-    memo: dict[int, object] = {}
+    tensors: dict[int, torch.Tensor] = {}
     for p in model.parameters():
-        memo[id(p)] = nn.Parameter(p.data, requires_grad=p.requires_grad)
+        tensors[id(p)] = nn.Parameter(p.data, requires_grad=p.requires_grad)
     for b in model.buffers():
-        memo[id(b)] = b.detach()
-    return copy.deepcopy(model, memo)
+        tensors[id(b)] = b.detach()
+    return _module_tree_copy(model, tensors, {})
+
+
+_MODULE_DICTS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "_forward_hooks",
+                 "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+                 "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+                 "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+
+def _module_tree_copy(module: nn.Module, tensors: dict[int, torch.Tensor], memo: dict[int, nn.Module]) -> nn.Module:
+    """A copy of the module tree: new module objects (with their own attribute, parameter, buffer, child and hook
+    dicts) over the tensors `tensors` maps, a module reached twice copied once. Other attributes are shared:
+    surgery replaces them (widths, weights) and never edits one in place. Far cheaper than `copy.deepcopy`, which
+    walks every attribute of every module; the trials it serves are verified against the original anyway."""
+    if id(module) in memo:
+        return memo[id(module)]
+    new = copy.copy(module)  # a new object with a shallow copy of __dict__
+    memo[id(module)] = new
+    for name in _MODULE_DICTS:
+        if name in module.__dict__:
+            new.__dict__[name] = copy.copy(module.__dict__[name])
+    for k, p in module._parameters.items():
+        new._parameters[k] = None if p is None else tensors.get(id(p), p)
+    for k, b in module._buffers.items():
+        new._buffers[k] = None if b is None else tensors.get(id(b), b)
+    for k, child in module._modules.items():
+        new._modules[k] = None if child is None else _module_tree_copy(child, tensors, memo)
+    return new
 
 
 def _float64_copy(model: nn.Module) -> nn.Module:
