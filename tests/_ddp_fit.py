@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/_ddp_fit.py OUT [--stop-at-step K]
 
-Trains a small conv net on the digits with a fixed weight mask (deep compression's MaskHook), a hook that learns a
+Trains a small conv net with BatchNorm on the digits with a fixed weight mask (deep compression's MaskHook), a hook that learns a
 parameter of its own, and a checkpoint; each rank then saves its weights and hook parameter to OUT/rank<r>.pt.
 `--stop-at-step K` kills the run (SystemExit) at global step K, after the checkpoint of an earlier epoch.
 """
@@ -50,7 +50,8 @@ def main() -> None:
     torch.set_num_threads(1)
     ds = load_digits()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                          nn.ReLU(),
                           nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
     if args.unused_layer:
         model[0].unused = nn.Linear(3, 3)  # a Conv2d ignores it

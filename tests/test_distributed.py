@@ -79,7 +79,8 @@ def test_a_single_process_is_not_distributed(monkeypatch):
 
 def test_two_processes_train_as_one_keep_masks_and_resume(tmp_path):
     """`fit` under torchrun: both ranks end with identical weights, the masks hold on both, the result equals one
-    process's (to float rounding), and a run killed mid-epoch resumes to the same bits as an uninterrupted one."""
+    process's (to float rounding: BatchNorm statistics are those of the whole batch), and a run killed mid-epoch resumes
+    to the same bits as an uninterrupted one."""
     one, two, killed = (tmp_path / n for n in ("one", "two", "killed"))
     for d in (one, two, killed):
         d.mkdir()

@@ -13,8 +13,10 @@ LOCAL_RANK. Without them (or with WORLD_SIZE=1) every function here is a no-op a
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,7 +26,7 @@ import torch.distributed as dist
 from .errors import ConfigError
 
 __all__ = ["World", "world", "initialize", "is_main", "barrier", "all_reduce_sum", "average_gradients",
-           "broadcast_buffers", "shutdown"]
+           "broadcast_buffers", "synced_batchnorm", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,53 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         return
     for b in module.buffers():
         dist.broadcast(b, 0)
+
+
+@contextlib.contextmanager
+def synced_batchnorm(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, every BatchNorm of `model` in training mode normalises with the statistics of the whole
+    global batch (sums all-reduced over the ranks, gradients through them too), on CPUs as on GPUs: so N
+    processes train exactly as one process with the whole batch. (PyTorch's SyncBatchNorm runs on GPUs only, and
+    converting modules would change the saved model's layer types.) A no-op in a single process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        yield
+        return
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    before = [m.__dict__.get("forward") for m in norms]  # (an instance's own forward, if it had one)
+    for m in norms:
+        m.forward = types.MethodType(_synced_forward, m)
+    try:
+        yield
+    finally:
+        for m, forward in zip(norms, before, strict=True):
+            del m.forward
+            if forward is not None:
+                m.forward = forward
+
+
+def _synced_forward(self, x: torch.Tensor) -> torch.Tensor:
+    if not self.training:
+        return type(self).forward(self, x)
+    from torch.distributed.nn.functional import all_reduce
+
+    dims = [0, *range(2, x.dim())]
+    xf = x.float()
+    count = torch.full((1,), xf.numel() / xf.shape[1], dtype=torch.float32, device=x.device)
+    stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+    c, n = x.shape[1], stats[-1]
+    mean = stats[:c] / n
+    var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+    if self.track_running_stats and self.running_mean is not None:
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+            self.running_var.mul_(1 - factor).add_(var.detach() * (n / (n - 1).clamp_min(1)), alpha=factor)
+    shape = [1, c] + [1] * (x.dim() - 2)
+    y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+    if self.affine:
+        y = y * self.weight.view(shape) + self.bias.view(shape)
+    return y.to(x.dtype)
 
 
 def shutdown() -> None:

@@ -287,37 +287,39 @@ def fit(
         if stopped:
             return result
 
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout and any other global-RNG use
-        if hasattr(batches, "set_epoch"):
-            batches.set_epoch(epoch)
-        try:
-            metrics = _train_epoch(model, net, batches, config, optimizer, scaler, hooks, device, epoch,
-                                   steps_per_epoch, use_amp, progress and distributed.is_main(), features, hook_params)
-        except RuntimeError as exc:
-            if net is not model and "find_unused_parameters" in str(exc):
-                raise ConfigError("distributed training needs every trainable parameter to take part in the forward "
-                                  "pass; this model has parameters that get no gradient. Freeze them "
-                                  "(requires_grad=False) or train in one process") from exc
-            raise
-        distributed.broadcast_buffers(model)
-        if evaluator is not None:
-            metrics["val_acc"] = evaluator.evaluate(model).accuracy
-        result.history.append(metrics)
-        stop = any(bool(h.epoch_end(model, epoch, metrics)) for h in hooks)
-        # Every rank writes (the state is the same on all; under the CLI each rank has its own run directory, and
-        # a shared path is replaced atomically): a later fit that resumes from it then resumes on every rank.
-        if checkpoint is not None:
-            atomic_save({
-                "format": "cnnzip.train-checkpoint", "version": 1, "identity": identity, "stopped": stop,
-                "epoch": epoch + 1, "config": asdict(config), "history": result.history,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
-                "hook_parameters": [p.detach().cpu() for p in hook_params],
-            }, checkpoint)
-        distributed.barrier()
-        if stop:
-            break
+    with distributed.synced_batchnorm(model):  # (under torchrun: statistics of the whole global batch)
+        for epoch in range(start_epoch, config.epochs):
+            torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout and any other global-RNG use
+            if hasattr(batches, "set_epoch"):
+                batches.set_epoch(epoch)
+            try:
+                metrics = _train_epoch(model, net, batches, config, optimizer, scaler, hooks, device, epoch,
+                                       steps_per_epoch, use_amp, progress and distributed.is_main(), features,
+                                       hook_params)
+            except RuntimeError as exc:
+                if net is not model and "find_unused_parameters" in str(exc):
+                    raise ConfigError("distributed training needs every trainable parameter to take part in the "
+                                      "forward pass; this model has parameters that get no gradient. Freeze them "
+                                      "(requires_grad=False) or train in one process") from exc
+                raise
+            distributed.broadcast_buffers(model)
+            if evaluator is not None:
+                metrics["val_acc"] = evaluator.evaluate(model).accuracy
+            result.history.append(metrics)
+            stop = any(bool(h.epoch_end(model, epoch, metrics)) for h in hooks)
+            # Every rank writes (the state is the same on all; under the CLI each rank has its own run directory,
+            # and a shared path is replaced atomically): a later fit that resumes from it resumes on every rank.
+            if checkpoint is not None:
+                atomic_save({
+                    "format": "cnnzip.train-checkpoint", "version": 1, "identity": identity, "stopped": stop,
+                    "epoch": epoch + 1, "config": asdict(config), "history": result.history,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
+                    "hook_parameters": [p.detach().cpu() for p in hook_params],
+                }, checkpoint)
+            distributed.barrier()
+            if stop:
+                break
     return result
 
 
