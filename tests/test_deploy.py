@@ -181,3 +181,34 @@ def test_latency_table_measures_every_model_in_both_runtimes():
     for row in table.values():
         assert set(row) == {"eager_ms_b1", "ort_ms_b1", "eager_ms_b4", "ort_ms_b4"}
         assert all(v > 0 for v in row.values())
+
+
+def test_a_latency_table_times_each_layer_configuration_once_and_predicts_from_it(tmp_path):
+    """build_latency_table: one entry per distinct conv/linear configuration on the width grid, the whole model
+    timed, cached per architecture and machine; predict() = the model's time plus each layer's difference."""
+    pytest.importorskip("onnxruntime")
+    from cnnzip.deploy import LatencyTable, build_latency_table, layer_configs
+    from cnnzip.models import create_model
+    from cnnzip.prune import ChannelPruning, prune_channels
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, width=0.25).eval()
+    configs = layer_configs(model, (3, 32, 32))
+    assert len(configs) == 20 and configs["linear"].kind == "linear"  # 19 convs and the classifier
+    table = build_latency_table(model, (3, 32, 32), 1, fractions=(0.5, 1.0), repeats=2, rounds=1, threads=1,
+                                cache_dir=tmp_path)
+    distinct = {c.key() for c in configs.values()}
+    assert set(table.points) == distinct and all(len(v) == 4 for v in table.points.values())
+    assert table.predict(model) == pytest.approx(table.base_ms)  # unpruned: the measured whole
+    again = build_latency_table(model, (3, 32, 32), 1, fractions=(0.5, 1.0), repeats=2, rounds=1, threads=1,
+                                cache_dir=tmp_path)
+    assert again == table and len(list(tmp_path.glob("*.json"))) == 1  # read from the cache
+    # The arithmetic, on known numbers: a layer at half its widths saves what its grid says.
+    pruned = prune_channels(model, ChannelPruning(method="l1", ratio=0.5), torch.zeros(1, 3, 32, 32)).model
+    key = table.layers["layer1.0.conv1"]
+    known = LatencyTable(1, 1, 10.0, {"layer1.0.conv1": key},
+                         {key: {"2,2": 1.0, "2,4": 2.0, "4,2": 3.0, "4,4": 4.0}})
+    conv = dict(pruned.named_modules())["layer1.0.conv1"]
+    expected = 10.0 + known.layer_ms("layer1.0.conv1", conv.in_channels, conv.out_channels) - 4.0
+    assert known.predict(pruned) == pytest.approx(expected)
+    assert known.layer_ms("layer1.0.conv1", 3, 3) == pytest.approx(2.5)  # bilinear between the four corners

@@ -1,0 +1,217 @@
+"""A latency model of a network in ONNX Runtime: each conv and linear layer timed alone at a few widths.
+
+Fewer MACs are not less time: a kernel's speed depends on its channel counts (blocks of 8 or 16), and what a
+pruned layer saves is not proportional to what it loses. NetAdapt (Yang et al., ECCV 2018) predicts a pruned
+network's latency from a table of its layers' latencies; so does this. Every conv and linear layer of the model
+is rebuilt alone (same kernel, stride, padding, groups and input size) at a grid of input and output widths
+(`fractions` of its own), exported to ONNX and timed in ONNX Runtime at `batch_size`. A pruned model's latency is
+then predicted as the unpruned model's measured time plus, for each layer, the difference between its time at
+its new widths (interpolated in the grid) and at its old ones. Layers with the same configuration are timed once.
+A table is cached per model architecture, batch size, thread count and machine, so a search asks for it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..io import atomic_write_text
+
+__all__ = ["LatencyTable", "build_latency_table", "layer_configs"]
+
+
+@dataclass(frozen=True)
+class _Config:
+    """One layer as ONNX Runtime sees it, at the model's full widths."""
+
+    kind: str  # "conv" or "linear"
+    cin: int
+    cout: int
+    kernel: tuple[int, ...] = (1, 1)
+    stride: tuple[int, ...] = (1, 1)
+    padding: tuple[int, ...] = (0, 0)
+    groups: int = 1
+    size: tuple[int, ...] = ()  # the input's spatial size
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def at(self, cin: int, cout: int) -> nn.Module:
+        if self.kind == "linear":
+            return nn.Linear(cin, cout)
+        groups = self.groups if self.groups == 1 else cin  # a depthwise layer stays depthwise
+        return nn.Conv2d(cin, cout if self.groups == 1 else cin, self.kernel, self.stride, self.padding,
+                         groups=groups)
+
+
+def _widths(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    return m.in_channels, m.out_channels
+
+
+def layer_configs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, _Config]:
+    """Each conv (2-D) and linear layer the model runs, by name, with its widths and input size."""
+    configs: dict[str, _Config] = {}
+    handles = []
+
+    def hook(name):
+        def record(m, inputs, _output):
+            x = inputs[0]
+            if isinstance(m, nn.Linear):
+                configs[name] = _Config("linear", m.in_features, m.out_features)
+            else:
+                depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+                if m.groups > 1 and not depthwise:
+                    return  # grouped, not depthwise: left out (cnnzip keeps it whole or prunes whole groups)
+                configs[name] = _Config("conv", m.in_channels, m.out_channels, tuple(m.kernel_size),
+                                        tuple(m.stride), tuple(m.padding), m.groups, tuple(x.shape[2:]))
+        return record
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and not isinstance(m.padding, str)):
+            handles.append(m.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return configs
+
+
+@dataclass
+class LatencyTable:
+    """Measured times (ms) of each layer configuration on a grid of (input, output) widths, and of the whole
+    unpruned model; `predict` gives a pruned copy's latency."""
+
+    batch_size: int
+    threads: int
+    base_ms: float
+    layers: dict[str, str]  # layer name -> config key
+    points: dict[str, dict[str, float]] = field(default_factory=dict)  # config key -> "cin,cout" -> ms
+
+    def layer_ms(self, name: str, cin: int, cout: int) -> float:
+        """The layer's time at these widths, interpolated bilinearly in its grid (clamped at its edges)."""
+        grid = {tuple(int(v) for v in k.split(",")): ms for k, ms in self.points[self.layers[name]].items()}
+        ins, outs = sorted({a for a, _ in grid}), sorted({b for _, b in grid})
+
+        def bracket(values, v):
+            v = min(max(v, values[0]), values[-1])
+            hi = next(i for i, x in enumerate(values) if x >= v)
+            lo = max(hi - 1, 0) if values[hi] > v else hi
+            t = 0.0 if values[hi] == values[lo] else (v - values[lo]) / (values[hi] - values[lo])
+            return values[lo], values[hi], t
+
+        if all(a == b for a, b in grid):  # depthwise: one width, measured along the diagonal
+            i0, i1, ti = bracket(ins, cin)
+            return (1 - ti) * grid[i0, i0] + ti * grid[i1, i1]
+        i0, i1, ti = bracket(ins, cin)
+        o0, o1, to = bracket(outs, cout)
+        return ((1 - ti) * (1 - to) * grid[i0, o0] + ti * (1 - to) * grid[i1, o0]
+                + (1 - ti) * to * grid[i0, o1] + ti * to * grid[i1, o1])
+
+    def predict(self, model: nn.Module) -> float:
+        """Milliseconds the pruned `model` (same layer names, narrower) should take at this batch size."""
+        modules = dict(model.named_modules())
+        total = self.base_ms
+        for name, key in self.layers.items():
+            m = modules.get(name)
+            full = json.loads(key)
+            if m is None or not isinstance(m, (nn.Conv2d, nn.Linear)):
+                continue  # a layer a factorisation or block removal replaced: not modelled
+            cin, cout = _widths(m)
+            total += self.layer_ms(name, cin, cout) - self.layer_ms(name, full["cin"], full["cout"])
+        return total
+
+    def save(self, path: str | Path) -> Path:
+        atomic_write_text(path, json.dumps(asdict(self), indent=1))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        data = json.loads(Path(path).read_text())
+        return cls(**data)
+
+
+def _machine() -> str:
+    cpu = platform.processor()
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{platform.machine()}|{cpu}|{os.cpu_count()}"
+
+
+def build_latency_table(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, *,
+                        fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), round_to: int = 1,
+                        repeats: int = 20, rounds: int = 3, threads: int | None = None,
+                        cache_dir: str | Path | None = None) -> LatencyTable:
+    """Time every conv and linear layer configuration of `model` alone in ONNX Runtime at `fractions` of its input
+    and output widths (rounded to multiples of `round_to`), and the whole model; cached in `cache_dir` (default
+    $CNNZIP_CACHE or ~/.cache/cnnzip/latency) under a key of the architecture, batch size, threads and machine."""
+    from .onnx import export_onnx, measure_onnx_latency, onnx_session
+
+    if not fractions or any(not 0 < f <= 1 for f in fractions) or 1.0 not in fractions:
+        raise ConfigError(f"fractions are shares of each layer's width in (0, 1], including 1; got {list(fractions)}")
+    threads = threads or torch.get_num_threads()
+    model = model.cpu().eval()
+    configs = layer_configs(model, tuple(input_shape))
+    if not configs:
+        raise ConfigError("the model has no conv or linear layer to time")
+    arch = hashlib.sha256(json.dumps({n: c.key() for n, c in sorted(configs.items())}).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([arch, list(input_shape), batch_size, threads, sorted(fractions), round_to,
+                                     _machine()]).encode()).hexdigest()[:16]
+    default = Path(os.environ.get("CNNZIP_CACHE", Path.home() / ".cache" / "cnnzip")) / "latency"
+    cache = Path(cache_dir) if cache_dir is not None else default
+    path = cache / f"{key}.json"
+    if path.exists():
+        return LatencyTable.load(path)
+
+    def width(n: int, f: float) -> int:
+        w = max(1, int(round(n * f)))
+        return min(n, max(round_to, -(-w // round_to) * round_to)) if round_to > 1 else w
+
+    points: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files, labels = {}, []
+        for cfg in {c.key(): c for c in configs.values()}.values():
+            shape = (cfg.cin,) if cfg.kind == "linear" else (cfg.cin, *cfg.size)
+            pairs = {(width(cfg.cin, fi), width(cfg.cout, fo)) for fi in fractions for fo in fractions}
+            if cfg.groups > 1:  # depthwise: one width
+                pairs = {(a, a) for a, _ in pairs}
+            for cin, cout in sorted(pairs):
+                layer_shape = (cin, *shape[1:])
+                name = f"{len(files)}"
+                files[name] = (export_onnx(cfg.at(cin, cout), Path(tmp) / f"{name}.onnx", layer_shape),
+                               layer_shape)
+                labels.append((cfg.key(), f"{cin},{cout}", name))
+        whole = export_onnx(model, Path(tmp) / "model.onnx", tuple(input_shape))
+        sessions = {n: onnx_session(p, threads=threads) for n, (p, _) in files.items()}
+        base = onnx_session(whole, threads=threads)
+        times: dict[str, list[float]] = {n: [] for n in files}
+        base_times = []
+        for _ in range(rounds):  # rounds over everything, so that load drifts fall on all layers alike
+            base_times.append(measure_onnx_latency(base, tuple(input_shape), batch_size, warmup=2,
+                                                   repeats=repeats).median_ms)
+            for n, session in sessions.items():
+                times[n].append(measure_onnx_latency(session, files[n][1], batch_size, warmup=2,
+                                                     repeats=repeats).median_ms)
+        for cfg_key, widths, n in labels:
+            points.setdefault(cfg_key, {})[widths] = statistics.median(times[n])
+    table = LatencyTable(batch_size, threads, statistics.median(base_times),
+                         {name: c.key() for name, c in configs.items()}, points)
+    table.save(path)
+    return table
