@@ -8,7 +8,7 @@ same total cores (2) used two ways:
 
 - `ddp`: the shared ResNet-20 fine-tuned for one epoch on the JPEG CIFAR-10 (`cnnzip train --epochs 1 --lr 0.01`,
   seed 0, 45,000 training images, 5,000 held out for validation) in one process with 2 threads, then under
-  `torchrun --nproc-per-node 2` with 1 thread per process. Reported: validation and test accuracy (test once
+  `torchrun --nproc-per-node 2` with 1 thread per process, without and with `--sync-bn`. Reported: validation and test accuracy (test once
   per model), the epoch's seconds and the command's wall time (data reading and process start included).
 - `ray`: `cnnzip search` with the grid strategy over NS x DC (ratios 0 to 0.8 in steps of 0.2: 25 checks) at
   -1 point, with 1 worker (in-process, 2 threads) and with 2 Ray workers (1 thread each). Reported: the winner and
@@ -55,9 +55,9 @@ def ddp(name: str) -> dict:
     out = OUT / f"train-{name}"
     shutil.rmtree(out, ignore_errors=True)
     args = ["train", "--weights", str(RESNET20), *COMMON, "--epochs", "1", "--lr", "0.01", "--out", str(out)]
-    if name == "torchrun-2":
+    if name.startswith("torchrun-2"):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-               "cnnzip.cli", *args, "--threads", "1"]
+               "cnnzip.cli", *args, "--threads", "1", *(["--sync-bn"] if name.endswith("sync-bn") else [])]
     else:
         cmd = [sys.executable, "-m", "cnnzip.cli", *args, "--threads", "2"]
     wall = _run(cmd)
@@ -163,13 +163,17 @@ def main() -> None:
         require_shared()
     if args.part in ("ddp", "all"):
         d = pair(ddp, ("one-process", "torchrun-2"), args.rounds)
-        one, two = d["runs"]["one-process"][0], d["runs"]["torchrun-2"][0]
-        d["val_acc_difference_points"] = 100 * (two["val_acc"] - one["val_acc"])
-        d["epoch_ratio_median"] = statistics.median(a["epoch_seconds"] / b["epoch_seconds"] for a, b in zip(
-            d["runs"]["one-process"], d["runs"]["torchrun-2"], strict=True))
+        d["runs"]["torchrun-2-sync-bn"] = [ddp("torchrun-2-sync-bn") for _ in range(args.rounds)]
+        one = d["runs"]["one-process"][0]
+        for name in ("torchrun-2", "torchrun-2-sync-bn"):
+            two = d["runs"][name][0]
+            d[name] = {"val_points": 100 * (two["val_acc"] - one["val_acc"]),
+                       "test_points": 100 * (two["test_acc"] - one["test_acc"]),
+                       "epoch_ratio": one["epoch_seconds"] / two["epoch_seconds"],
+                       "wall_ratio": one["wall_seconds"] / two["wall_seconds"]}
+            print(f"{name}: val {two['val_acc']:.2%}, test {two['test_acc']:.2%} vs {one['val_acc']:.2%}, "
+                  f"{one['test_acc']:.2%} alone; epoch {d[name]['epoch_ratio']:.2f}x, wall {d[name]['wall_ratio']:.2f}x")
         results["ddp"] = {"environment": environment(), **d}
-        print(f"torchrun: val {two['val_acc']:.2%} vs {one['val_acc']:.2%} alone; epoch {d['epoch_ratio_median']:.2f}x, "
-              f"wall {d['wall_ratio_median']:.2f}x faster")
     if args.part in ("ray", "all"):
         r = pair(ray, ("workers-1", "ray-2"), args.rounds)
         one, two = r["runs"]["workers-1"][0], r["runs"]["ray-2"][0]

@@ -25,7 +25,8 @@ SCRIPT = Path(__file__).with_name("_ddp_fit.py")
 def _env(tmp: Path) -> dict[str, str]:
     (tmp / "tmp").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp / "tmp"), "OMP_NUM_THREADS": "1"}
+    return {**env, "PYTHONPATH": str(REPO / "src"), "TMPDIR": str(tmp / "tmp"), "OMP_NUM_THREADS": "1",
+            "CNNZIP_SYNC_BN": "1"}  # (the CLI's --sync-bn: BatchNorm over the whole batch, as one process)
 
 
 def _torchrun(tmp: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

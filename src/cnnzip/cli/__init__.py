@@ -78,6 +78,7 @@ def _run_on_every_rank(args: argparse.Namespace) -> int:
     w = distributed.world()
     if not args.trains:
         return int(args.func(args) or 0) if w.main else 0
+    distributed.SYNC_BATCHNORM = distributed.SYNC_BATCHNORM or bool(getattr(args, "sync_bn", False))
     distributed.initialize(select_device(getattr(args, "device", "auto")))
     scratch = None
     if not w.main:

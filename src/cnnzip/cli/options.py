@@ -100,6 +100,8 @@ def add_common_args(s: argparse.ArgumentParser) -> None:
     """Options every command takes."""
     s.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
     s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    s.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm layers normalise with the whole "
+                   "global batch (as one process would), at the cost of an all-reduce per layer per step")
 
 
 def add_distill_args(s: argparse.ArgumentParser, kinds: bool = False) -> None:
@@ -139,7 +141,7 @@ class Progress:
 RUN_FILE = "run.json"
 # "out" is free: a run directory is the same run wherever it lies (moved, or a data-parallel rank's private copy).
 _ALWAYS_FREE = frozenset({"func", "defaults", "no_progress", "quiet", "threads", "overwrite", "device", "fresh",
-                          "out", "trains"})
+                          "out", "trains", "sync_bn"})
 
 
 def _run_settings(args: argparse.Namespace, command: str, free: Iterable[str]) -> dict[str, Any]:
