@@ -28,19 +28,7 @@ from cnnzip.deploy import build_latency_table, compare_onnx_latency, export_onnx
 from cnnzip.io import load
 from cnnzip.measure import count_macs
 from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        for k, i in enumerate(order):
-            r[i] = k
-        return r
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.mean(ra), statistics.mean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+from recalibration_resnet56 import spearman
 
 
 def main() -> None:

@@ -7,12 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from .. import distributed
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..search.recipe import STEPS, Recipe, apply_overrides, default_recipe, recipe_from_file
 from .options import add_data_args, add_model_py_arg, add_out_args
-from .search import execute
+from .search import check_workers, execute
 
 NAME = "compress"
 TRAINS = True  # runs data-parallel under torchrun (see cnnzip.distributed)
@@ -96,8 +95,6 @@ def run(args) -> int:
         return 0
     if args.model_path is None:
         raise ConfigError("give MODEL, the model to compress (or --print-recipe alone)")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be 1 or more; got {args.workers}")
     config = recipe.to_search(args.max_checks, args.time_budget)
     # The options `search` reads, from the recipe: one schema, so `compress` holds no settings of its own.
     prune, quant, tune = recipe.settings("prune"), recipe.settings("quantize"), recipe.finetune
@@ -119,14 +116,7 @@ def run(args) -> int:
         except ImportError as exc:
             raise ConfigError("this recipe quantizes to int8, which needs ONNX Runtime: pip install "
                               "'cnnzip[onnx]'") from exc
-    if (args.workers > 1 or args.ray_address) and distributed.world().distributed:
-        raise ConfigError("--workers and --ray-address run checks on Ray, not under torchrun: start the search as "
-                          "one process (its fine-tunes can still run under torchrun as separate commands)")
-    if args.workers > 1 or args.ray_address:
-        try:
-            import ray  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError("--workers runs checks on Ray: pip install 'cnnzip[ray]'") from exc
+    check_workers(args)
     print(f"recipe: {' -> '.join(k for k, _ in recipe.steps)}, objective {recipe.objective}, "
           + (f"drop {recipe.drop:g}" if recipe.drop is not None else f"target {recipe.target:g}"), file=sys.stderr)
     status = execute(args, config, NAME, FREE + _INTERNAL)

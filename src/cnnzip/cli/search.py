@@ -122,18 +122,24 @@ def run(args) -> int:
         strategy=args.strategy, target=args.target_acc, drop=args.drop, step=args.step, max_ratio=args.max_ratio,
         margin=args.margin, max_checks=args.max_checks, time_budget=args.time_budget, objective=args.objective,
         recovery_images=args.recover_images, recovery_distill=args.recover_distill)
+    check_workers(args)
+    return execute(args, config, NAME, FREE)
+
+
+def check_workers(args) -> None:
+    """--workers and --ray-address, before any work: a count of at least 1, Ray installed, not under torchrun."""
     if args.workers < 1:
         raise ConfigError(f"--workers must be 1 or more; got {args.workers}")
-    if (args.workers > 1 or args.ray_address) and distributed.world().distributed:
+    if not (args.workers > 1 or args.ray_address):
+        return
+    if distributed.world().distributed:
         raise ConfigError("--workers and --ray-address run checks on Ray, not under torchrun: start the search as "
                           "one process (its fine-tunes can still run under torchrun as separate commands)")
-    if args.workers > 1 or args.ray_address:
-        try:
-            import ray  # noqa: F401 - checked before any work
-        except ImportError as exc:
-            raise ConfigError("--workers and --ray-address run checks on Ray, which is not installed: pip install "
-                              "'cnnzip[ray]', or search with --workers 1") from exc
-    return execute(args, config, NAME, FREE)
+    try:
+        import ray  # noqa: F401 - checked before any work
+    except ImportError as exc:
+        raise ConfigError("--workers and --ray-address run checks on Ray, which is not installed: pip install "
+                          "'cnnzip[ray]', or search with --workers 1") from exc
 
 
 def execute(args, config: SearchConfig, command: str, free) -> int:
