@@ -3,7 +3,7 @@
     python benchmarks/compress_resnet56.py [--arch resnet56] [--drop 0.01] [--threads 1]
 
 Everything runs through the `cnnzip` command, as a user would, on the JPEG-fine-tuned model
-(`baseline_resnet56.py --arch ARCH`) with the default split (5,000 held-out training images decide; the ../shared
+(`baseline_resnet56.py --arch ARCH`; VGG-19 is trained there from scratch) with the default split (5,000 held-out training images decide; the ../shared
 weights saw them, so validation is optimistic), then every file is tested once on the 10,000 JPEG test images and
 timed in ONNX Runtime side by side (fp32 files exported first; 5 rotating rounds). Per objective:
 
@@ -28,7 +28,7 @@ import sys
 import time
 
 from _common import CIFAR_JPEG, REPO, RUNS, require_shared, save
-from baseline_resnet56 import ensure, model_file
+from baseline_resnet56 import ARCHS, ensure, model_file
 
 RUNS_ = {
     "size": {
@@ -65,7 +65,7 @@ def _run(cmd: list[str], threads: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=["resnet20", "resnet56"], default="resnet56")
+    ap.add_argument("--arch", choices=ARCHS, default="resnet56")
     ap.add_argument("--drop", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
