@@ -138,6 +138,33 @@ def test_prune_finetune_and_export(tmp_path, capsys, digits_model):
     assert (tmp_path / "p.onnx").stat().st_size > 1000
 
 
+def test_prune_to_a_latency_target(tmp_path, capsys, digits_model, monkeypatch):
+    """NetAdapt-style pruning priced by a real ONNX Runtime layer table (cached where CNNZIP_CACHE says), candidates
+    scored on validation images; the report gives the goal, the prediction and the measured time."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("CNNZIP_CACHE", str(tmp_path / "cache"))
+    model = digits_model(4)
+    out = tmp_path / "fast"
+    args = ["prune", str(model), "--latency-reduction", "0.3", "--latency-step", "0.1", "--latency-eval-images", "64",
+            "--latency-candidates", "2", "--recalibrate", "64", "--latency-batches", "1", "--latency-repeats", "3",
+            "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "fp32 time at batch 1: predicted" in text and "measured in ONNX Runtime" in text
+    report = __import__("json").loads((out / "report.json").read_text())
+    assert report["latency_reduction_goal"] == 0.3
+    notes = report["notes"]
+    assert notes["latency_reduction"] >= 0.3 and notes["evaluations"] >= 1 and notes["log"]
+    assert report["rows"]["pruned"]["params"] < report["rows"]["original"]["params"]
+    assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1  # the table, kept for the next run
+    for bad, says in ((["--ratio", "0.3", "--latency-step", "0.1"], "--latency-step only apply"),
+                      (["--latency-reduction", "1.5"], "--latency-reduction is the fraction"),
+                      (["--latency-reduction", "0.2", "--latency-step", "0.3"], "--latency-step must be in")):
+        assert main(["prune", str(model), *bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+
+
 def test_prune_time_limit_stops_the_surgery_with_a_clear_error(tmp_path, capsys, digits_model, monkeypatch):
     """An alarm raised inside verification reaches the command (not taken for a failed group): one clear line,
     no pruned model written. --round-to keeps multiples."""

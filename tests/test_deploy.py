@@ -212,3 +212,23 @@ def test_a_latency_table_times_each_layer_configuration_once_and_predicts_from_i
     expected = 10.0 + known.layer_ms("layer1.0.conv1", conv.in_channels, conv.out_channels) - 4.0
     assert known.predict(pruned) == pytest.approx(expected)
     assert known.layer_ms("layer1.0.conv1", 3, 3) == pytest.approx(2.5)  # bilinear between the four corners
+
+
+def test_an_int8_latency_table_times_quantized_layers_and_is_cached_apart(tmp_path):
+    """precision='int8': the same layer configurations, timed as int8 QDQ files (as `cnnzip quantize` writes them),
+    cached under their own key beside the fp32 table."""
+    pytest.importorskip("onnxruntime")
+    from cnnzip.deploy import build_latency_table
+    from cnnzip.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=10, in_channels=1).eval()
+    fp32 = build_latency_table(model, (1, 8, 8), 1, fractions=(0.5, 1.0), repeats=2, rounds=1, threads=1,
+                               cache_dir=tmp_path)
+    int8 = build_latency_table(model, (1, 8, 8), 1, fractions=(0.5, 1.0), repeats=2, rounds=1, threads=1,
+                               cache_dir=tmp_path, precision="int8")
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    assert set(int8.points) == set(fp32.points) and int8.points != fp32.points
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    with pytest.raises(ConfigError, match="precision"):
+        build_latency_table(model, (1, 8, 8), 1, precision="int4", cache_dir=tmp_path)

@@ -23,6 +23,7 @@ from cnnzip.prune import (
     l1_norm,
     plan_channels,
     prune_channels,
+    prune_to_latency,
     prune_to_macs,
 )
 from cnnzip.train import TrainConfig, fit
@@ -538,6 +539,66 @@ def test_prune_to_macs_hits_the_target():
     less = prune_channels(model, ChannelPruning(method="fpgm", ratio=result.notes["ratio"] - 0.01), X).model
     assert 1 - count_macs(less, (3, 32, 32)) / base < 0.4  # the smallest ratio that gets there
     assert result.max_error <= 1e-4
+
+
+def _weighted_macs(weights: dict[str, float]):
+    """A stand-in latency (deterministic, no timing): each conv's MACs times a weight by layer name (default 1)."""
+    def latency(model):
+        total = 0.0
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                size = 32 // (2 ** int(name[5])) if name.startswith("layer") else 32  # resnet20: 32, 16, 8 pixels
+                total += weights.get(name, 1.0) * m.in_channels * m.out_channels * m.kernel_size[0] ** 2 * size ** 2
+        return total / 1e6
+    return latency
+
+
+def test_prune_to_latency_spends_the_cut_where_time_goes():
+    """A layer that costs 20x its MACs is cut first; the goal is met; widths are rounded; surgery verified."""
+    model = _randomise_bn(create_model("resnet20"))
+    latency = _weighted_macs({"layer3.1.conv1": 20.0})
+    config = ChannelPruning(method="l1", round_to=8, residual_stream=False)
+    result = prune_to_latency(model, config, X, 0.3, latency, step=0.05)
+    assert result.notes["log"][0]["group"] == "layer3.1.conv1"
+    assert latency(result.model) <= 0.7 * latency(model) + 1e-9
+    assert result.notes["predicted_ms"] == pytest.approx(latency(result.model))
+    assert result.max_error <= 1e-4
+    widths = layer_widths(result.model)
+    assert all(widths[k][1] % 8 == 0 for k in widths if k.endswith(".conv1"))
+    assert all(widths[k][1] == 16 for k in widths if k.startswith("layer1.") and k.endswith(".conv2"))  # streams kept
+    # The kept channels are the most important ones of their layer (L1 norm).
+    graph = analyze(model, X)
+    kept = result.widths["layer3.1.conv1"][1]
+    norms = l1_norm(graph, graph.group("layer3.1.conv1"))
+    assert sorted(result.removed["layer3.1.conv1"]) == sorted(torch.argsort(norms, stable=True)[:64 - kept].tolist())
+
+
+def test_prune_to_latency_follows_measured_accuracy():
+    """With an evaluator, a layer whose cut costs accuracy is left alone while others can pay for the time."""
+    model = _randomise_bn(create_model("resnet20"))
+    latency = _weighted_macs({"layer3.1.conv1": 20.0})
+    seen = []
+
+    def evaluate(candidate):  # pretend layer3.1.conv1 holds everything the model knows
+        seen.append(candidate)
+        return 0.5 if candidate.layer3[1].conv1.out_channels < 64 else 0.9
+    result = prune_to_latency(model, ChannelPruning(round_to=8, residual_stream=False), X, 0.2, latency,
+                              evaluate=evaluate, candidates=4)
+    assert result.widths["layer3.1.conv1"] == (64, 64)
+    assert latency(result.model) <= 0.8 * latency(model) + 1e-9
+    assert result.notes["evaluations"] == len(seen) - 1 > 0  # the first call measures the unpruned model
+    assert all(len(list(c.parameters())) == len(list(model.parameters())) for c in seen)
+
+
+def test_prune_to_latency_errors():
+    model = _randomise_bn(create_model("resnet20"))
+    latency = _weighted_macs({})
+    with pytest.raises(ConfigError, match="most it reaches"):  # inner widths only, 8 channels kept at least
+        prune_to_latency(model, ChannelPruning(round_to=8, residual_stream=False), X, 0.9, latency, step=0.3)
+    with pytest.raises(ConfigError, match="latency_reduction"):
+        prune_to_latency(model, ChannelPruning(), X, 1.2, latency)
+    with pytest.raises(ConfigError, match="step"):
+        prune_to_latency(model, ChannelPruning(), X, 0.2, latency, step=0.5)
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])

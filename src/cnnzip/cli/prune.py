@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io import save_model
-from ..prune import ChannelPruning, prune_channels, prune_to_macs
+from ..prune import ChannelPruning, prune_channels, prune_to_latency, prune_to_macs
 from ..report import Section, comparison_cells, describe, format_table, ratio_row, widths_plot
 from ..train import recalibrate_batchnorm
 from .options import (
@@ -23,6 +23,7 @@ from .options import (
     int_list,
     nonnegative,
     prepare,
+    some,
     start_run,
     write_run_report,
 )
@@ -53,6 +54,10 @@ def add_arguments(s) -> None:
     how.add_argument("--ratio", type=float, help="fraction of the prunable channels to remove")
     how.add_argument("--threshold", type=float, help="remove channels scoring below this (slimming: |gamma|)")
     how.add_argument("--macs-reduction", type=float, help="prune until MACs fall by this fraction (e.g. 0.4)")
+    how.add_argument("--latency-reduction", type=float,
+                     help="prune until the ONNX Runtime time at --latency-batch falls by this fraction (e.g. 0.4), "
+                     "NetAdapt-style: each step cuts the layer that loses the least accuracy per millisecond saved, "
+                     "priced by a table of each layer's measured time (cached per model and machine)")
     s.add_argument("--scope", choices=["auto", "global", "layer"], default="auto",
                    help="rank channels over all layers (global) or within each layer (default: global for "
                    "slimming and thresholds, per layer otherwise)")
@@ -68,6 +73,19 @@ def add_arguments(s) -> None:
     s.add_argument("--inner-only", action="store_true",
                    help="leave channels joined by a residual addition alone (a ResNet's streams): only the blocks' "
                    "inner widths shrink")
+    s.add_argument("--latency-batch", type=int, default=1, metavar="N",
+                   help="with --latency-reduction: the batch size whose time counts (default 1)")
+    s.add_argument("--latency-precision", choices=["fp32", "int8"], default="fp32",
+                   help="with --latency-reduction: the time of the fp32 model, or of its int8 file as `cnnzip "
+                   "quantize` writes it (default fp32)")
+    s.add_argument("--latency-step", type=float, default=0.05, metavar="F",
+                   help="with --latency-reduction: each step removes this share of the original time (default 0.05)")
+    s.add_argument("--latency-candidates", type=int, default=8, metavar="K",
+                   help="with --latency-reduction: per step, the K most promising layers (importance removed per "
+                   "millisecond) are tried on validation images and the best kept (default 8)")
+    s.add_argument("--latency-eval-images", type=int, default=1000, metavar="IMAGES",
+                   help="with --latency-reduction: validation images each candidate is scored on, after "
+                   "--recalibrate (default 1000; 0: rank by importance per millisecond alone, no evaluation)")
     s.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="give up if finding and verifying the channels takes longer (before any fine-tuning)")
     s.add_argument("--finetune-epochs", type=int, default=0)
@@ -82,7 +100,8 @@ def add_arguments(s) -> None:
     s.add_argument("--no-progress", action="store_true")
 
 
-FREE = ("latency_batches", "latency_repeats", "time_limit")  # they change what is measured, not the pruned model
+FREE = ("latency_batches", "latency_repeats", "time_limit")
+LATENCY_ONLY = ("latency_batch", "latency_precision", "latency_step", "latency_candidates", "latency_eval_images")  # they change what is measured, not the pruned model
 
 
 @contextlib.contextmanager
@@ -107,8 +126,54 @@ def time_limit(seconds: float | None, message: str):
         signal.signal(signal.SIGALRM, previous)
 
 
+_DEFAULTS = {"latency_batch": 1, "latency_precision": "fp32", "latency_step": 0.05, "latency_candidates": 8, "latency_eval_images": 1000}
+
+
+def _prune_to_latency(args, job, config: ChannelPruning, example: torch.Tensor, say: Progress):
+    """NetAdapt-style pruning priced by a latency table of this model on this machine, candidates scored on
+    validation images after BatchNorm recalibration."""
+    from ..deploy import build_latency_table
+
+    say(f"timing each layer in ONNX Runtime at a few widths ({args.latency_precision}, batch {args.latency_batch}; "
+        "cached per model and machine)")
+    table = build_latency_table(job.model, job.shape, args.latency_batch, round_to=config.round_to,
+                                threads=args.threads, repeats=20 if args.latency_batch < 64 else 3,
+                                precision=args.latency_precision)
+    evaluate = None
+    if args.latency_eval_images:
+        val = some(job.require_val("--latency-eval-images scores candidates on validation images (0: importance "
+                                   "alone)"), args.latency_eval_images, args.seed, "--latency-eval-images")
+        scorer = job.evaluator(val, device="cpu")
+        calibration = job.recalibration(args.recalibrate) if args.recalibrate else None
+
+        def evaluate(model):  # a fresh copy of the candidate: recalibrating it changes nothing else
+            if calibration is not None:
+                recalibrate_batchnorm(model, calibration, args.recalibrate, device="cpu")
+            return scorer.evaluate(model).accuracy
+
+    return prune_to_latency(job.model.cpu(), config, example, args.latency_reduction, table.predict,
+                            evaluate=evaluate, step=args.latency_step, candidates=args.latency_candidates, say=say)
+
+
 def run(args) -> int:
-    nonnegative(args, "finetune_epochs", "recalibrate")
+    nonnegative(args, "finetune_epochs", "recalibrate", "latency_eval_images")
+    if args.latency_reduction is None:
+        given = [f"--{n.replace('_', '-')}" for n in LATENCY_ONLY
+                 if getattr(args, n) != _DEFAULTS[n]]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --latency-reduction")
+    else:
+        if not 0 < args.latency_reduction < 1:
+            raise ConfigError(f"--latency-reduction is the fraction of time to remove, in (0, 1); got "
+                              f"{args.latency_reduction}")
+        if args.latency_batch < 1 or args.latency_candidates < 1:
+            raise ConfigError("--latency-batch and --latency-candidates must be at least 1")
+        if not 0 < args.latency_step <= args.latency_reduction:
+            raise ConfigError(f"--latency-step must be in (0, --latency-reduction]; got {args.latency_step}")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ConfigError("--latency-reduction times layers in ONNX Runtime: pip install 'cnnzip[onnx]'") from None
     if args.distill and args.finetune_epochs == 0:
         raise ConfigError("--distill changes how the model is fine-tuned; give --finetune-epochs too")
     if args.time_limit is not None and args.time_limit <= 0:
@@ -136,6 +201,8 @@ def run(args) -> int:
                     f"{args.time_limit} s; nothing was written. Raise the limit, or --skip the layers that are slow"):
         if args.macs_reduction is not None:
             result = prune_to_macs(job.model, config, example, args.macs_reduction)
+        elif args.latency_reduction is not None:
+            result = _prune_to_latency(args, job, config, example, say)
         else:
             result = prune_channels(job.model, config, example)
     if result.channels_removed == 0:
@@ -164,7 +231,8 @@ def run(args) -> int:
     after = rows[list(rows)[-1]]
     settings = config.__dict__ | {"skip": list(config.skip)}
     save_model(args.out / "pruned.pt", pruned.cpu(), job.out_meta(pruned=settings, **{"from": str(args.model_path)}))
-    report = {"config": settings, "macs_reduction_goal": args.macs_reduction, "recalibrated_images": args.recalibrate,
+    report = {"config": settings, "macs_reduction_goal": args.macs_reduction,
+              "latency_reduction_goal": args.latency_reduction, "recalibrated_images": args.recalibrate,
               "finetune_epochs": args.finetune_epochs, "rows": rows, "widths": result.widths,
               "excluded": result.excluded, "verification_max_error": result.max_error, "notes": result.notes}
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -173,6 +241,16 @@ def run(args) -> int:
           f"surgery verified (max relative difference {result.max_error:.1e} against the masked original)")
     for name, why in result.excluded.items():
         print(f"left alone: {name}: {why}")
+    if args.latency_reduction is not None:
+        key = f"ort_ms_b{args.latency_batch}"
+        if args.latency_precision == "int8":
+            measured = " (int8: quantize both models with `cnnzip quantize` to measure it)"
+        elif key in before and key in after:
+            measured = f"; measured in ONNX Runtime: {1 - after[key] / before[key]:.1%} less"
+        else:
+            measured = " (add it to --latency-batches to measure it)"
+        print(f"{args.latency_precision} time at batch {args.latency_batch}: predicted {result.notes['latency_reduction']:.1%} less "
+              f"(goal {args.latency_reduction:.0%}){measured}")
     print(f"saved {args.out / 'pruned.pt'}")
     widths = {k: v for k, v in result.widths.items()}
     write_run_report(args, NAME, [

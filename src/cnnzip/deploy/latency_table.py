@@ -7,7 +7,9 @@ is rebuilt alone (same kernel, stride, padding, groups and input size) at a grid
 (`fractions` of its own), exported to ONNX and timed in ONNX Runtime at `batch_size`. A pruned model's latency is
 then predicted as the unpruned model's measured time plus, for each layer, the difference between its time at
 its new widths (interpolated in the grid) and at its old ones. Layers with the same configuration are timed once.
-A table is cached per model architecture, batch size, thread count and machine, so a search asks for it once.
+A table is cached per model architecture, batch size, thread count, precision and machine, so a search asks for
+it once. With `precision="int8"` every layer file (and the whole model) is first quantized as `cnnzip quantize`
+does (QDQ, per-channel weights), calibrated on random inputs: ranges change a kernel's results, not its time.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class LatencyTable:
     base_ms: float
     layers: dict[str, str]  # layer name -> config key
     points: dict[str, dict[str, float]] = field(default_factory=dict)  # config key -> "cin,cout" -> ms
+    precision: str = "fp32"
 
     def layer_ms(self, name: str, cin: int, cout: int) -> float:
         """The layer's time at these widths, interpolated bilinearly in its grid (clamped at its edges)."""
@@ -155,14 +158,31 @@ def _machine() -> str:
     return f"{platform.machine()}|{cpu}|{os.cpu_count()}"
 
 
+def _int8(path: Path, shape: tuple[int, ...]) -> Path:
+    """The int8 QDQ file of one exported layer (or model), as `cnnzip quantize` writes it; random calibration."""
+    import numpy as np
+
+    from ..quantize.ptq import PostTraining, quantize_onnx
+
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, *shape)).astype(np.float32) for _ in range(2)]
+    out = path.with_suffix(".int8.onnx")
+    quantize_onnx(path, out, batches, PostTraining(images=16), workdir=path.with_suffix(".work"))
+    return out
+
+
 def build_latency_table(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, *,
                         fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), round_to: int = 1,
                         repeats: int = 20, rounds: int = 3, threads: int | None = None,
-                        cache_dir: str | Path | None = None) -> LatencyTable:
+                        cache_dir: str | Path | None = None, precision: str = "fp32") -> LatencyTable:
     """Time every conv and linear layer configuration of `model` alone in ONNX Runtime at `fractions` of its input
     and output widths (rounded to multiples of `round_to`), and the whole model; cached in `cache_dir` (default
-    $CNNZIP_CACHE or ~/.cache/cnnzip/latency) under a key of the architecture, batch size, threads and machine."""
+    $CNNZIP_CACHE or ~/.cache/cnnzip/latency) under a key of the architecture, batch size, threads, precision
+    (fp32, or int8 as ONNX Runtime runs `cnnzip quantize`'s files) and machine."""
     from .onnx import export_onnx, measure_onnx_latency, onnx_session
+
+    if precision not in ("fp32", "int8"):
+        raise ConfigError(f"precision must be fp32 or int8; got {precision!r}")
 
     if not fractions or any(not 0 < f <= 1 for f in fractions) or 1.0 not in fractions:
         raise ConfigError(f"fractions are shares of each layer's width in (0, 1], including 1; got {list(fractions)}")
@@ -173,7 +193,8 @@ def build_latency_table(model: nn.Module, input_shape: tuple[int, ...], batch_si
         raise ConfigError("the model has no conv or linear layer to time")
     arch = hashlib.sha256(json.dumps({n: c.key() for n, c in sorted(configs.items())}).encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps([arch, list(input_shape), batch_size, threads, sorted(fractions), round_to,
-                                     _machine()]).encode()).hexdigest()[:16]
+                                     _machine()] + ([precision] if precision != "fp32" else []))
+                         .encode()).hexdigest()[:16]
     default = Path(os.environ.get("CNNZIP_CACHE", Path.home() / ".cache" / "cnnzip")) / "latency"
     cache = Path(cache_dir) if cache_dir is not None else default
     path = cache / f"{key}.json"
@@ -195,10 +216,11 @@ def build_latency_table(model: nn.Module, input_shape: tuple[int, ...], batch_si
             for cin, cout in sorted(pairs):
                 layer_shape = (cin, *shape[1:])
                 name = f"{len(files)}"
-                files[name] = (export_onnx(cfg.at(cin, cout), Path(tmp) / f"{name}.onnx", layer_shape),
-                               layer_shape)
+                layer = export_onnx(cfg.at(cin, cout), Path(tmp) / f"{name}.onnx", layer_shape)
+                files[name] = (_int8(layer, layer_shape) if precision == "int8" else layer, layer_shape)
                 labels.append((cfg.key(), f"{cin},{cout}", name))
         whole = export_onnx(model, Path(tmp) / "model.onnx", tuple(input_shape))
+        whole = _int8(whole, tuple(input_shape)) if precision == "int8" else whole
         sessions = {n: onnx_session(p, threads=threads) for n, (p, _) in files.items()}
         base = onnx_session(whole, threads=threads)
         times: dict[str, list[float]] = {n: [] for n in files}
@@ -212,6 +234,6 @@ def build_latency_table(model: nn.Module, input_shape: tuple[int, ...], batch_si
         for cfg_key, widths, n in labels:
             points.setdefault(cfg_key, {})[widths] = statistics.median(times[n])
     table = LatencyTable(batch_size, threads, statistics.median(base_times),
-                         {name: c.key() for name, c in configs.items()}, points)
+                         {name: c.key() for name, c in configs.items()}, points, precision)
     table.save(path)
     return table

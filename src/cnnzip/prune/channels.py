@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,7 +94,7 @@ class PruneResult:
     widths: dict[str, tuple[int, int]]  # group root -> (channels before, after)
     excluded: dict[str, str]
     max_error: float
-    notes: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # how the amount was reached (ratio, times, steps)
 
     @property
     def channels_removed(self) -> int:

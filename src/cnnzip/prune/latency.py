@@ -1,0 +1,172 @@
+"""Prune to a latency target, NetAdapt-style: each step cuts the one layer that loses least per millisecond saved.
+
+Fewer MACs are not less time. A CPU kernel's time depends on its channel counts, and a layer's share of the
+MACs is not its share of the time, so uniform ratios or `prune_to_macs` spend the cut where it saves little.
+NetAdapt (Yang et al., ECCV 2018) instead shrinks the network in steps: at each step, every prunable layer
+proposes the smallest cut that lowers the predicted latency by a set amount; each proposal is scored, and the
+best one is kept. Here a proposal's score is the accuracy it loses per millisecond it saves, measured by
+`evaluate` (after the caller's BatchNorm recalibration, so a few hundred images rank candidates well) on the
+`candidates` most promising proposals, which are first ranked by the importance of the channels they remove per
+millisecond (the only score without `evaluate`). Latency comes from `latency(model) -> ms`, in practice
+`cnnzip.deploy.LatencyTable.predict`, so proposals are priced without timing each one; the result's measured
+time says how good that prediction was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+from .channels import ChannelPruning, PruneResult, apply_plan
+from .graph import ChannelGroup, analyze
+from .importance import get_importance, random_scores
+
+__all__ = ["prune_to_latency"]
+
+
+@dataclass
+class _Group:
+    """A prunable group: the widths it may keep, and its channels from least to most important."""
+
+    group: ChannelGroup
+    options: list[int]  # channel counts it may keep, ascending; the last is its full size
+    order: list[int]  # positions (within a block), least important first
+    scores: torch.Tensor  # per position, divided by the group's mean
+
+    def removed(self, keep: int) -> list[int]:
+        """The channel indices removed when the group keeps `keep` channels (the same positions in each block)."""
+        units, n = self.group.size // self.group.blocks, (self.group.size - keep) // self.group.blocks
+        return sorted(b * units + p for b in range(self.group.blocks) for p in self.order[:n])
+
+    def cost(self, keep: int, fewer: int) -> float:
+        """The importance of the positions removed when going from `keep` to `fewer` channels."""
+        blocks = self.group.blocks
+        return float(self.scores[self.order[(self.group.size - keep) // blocks:(self.group.size - fewer) // blocks]]
+                     .sum())
+
+
+def _groups(graph, config: ChannelPruning) -> list[_Group]:
+    importance = get_importance(config.method)
+    generator = torch.Generator().manual_seed(config.seed)
+    residual = set() if config.residual_stream else graph.residual_groups()
+    out = []
+    for g in graph.groups:
+        if g.name in residual:
+            continue
+        s = random_scores(graph, g, generator) if importance is random_scores else importance(graph, g)
+        if s is None:
+            continue
+        s = s.reshape(g.blocks, -1).mean(0)
+        step = math.lcm(config.round_to, g.blocks)
+        least = max(step, -(-config.min_channels // step) * step)
+        options = [k for k in range(least, g.size, step)] + [g.size]
+        if len(options) < 2:
+            continue  # too small to cut at this rounding
+        out.append(_Group(g, options, torch.argsort(s, stable=True).tolist(), s / (s.mean() + 1e-12)))
+    return out
+
+
+def prune_to_latency(
+    model: nn.Module,
+    config: ChannelPruning,
+    example_input: torch.Tensor,
+    latency_reduction: float,
+    latency: Callable[[nn.Module], float],
+    *,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    step: float = 0.05,
+    candidates: int = 8,
+    say: Callable[[str], None] | None = None,
+) -> PruneResult:
+    """Remove channels until `latency(model)` falls by `latency_reduction` (0.4 = 40% less time).
+
+    Each step asks for `step` of the original time more (the last step for what is left). `evaluate(model)`
+    returns an accuracy for a candidate (a deep copy the caller may change, e.g. recalibrate); without it,
+    candidates are ranked by the importance they remove per millisecond. `config` gives the importance method,
+    `round_to`, `min_channels`, `skip` and `residual_stream`; its ratio, threshold and widths are not used.
+    The result is verified against the masked original like every other pruning; its `notes` hold the
+    predicted times and the number of steps and evaluations.
+    """
+    if not 0 < latency_reduction < 1:
+        raise ConfigError(f"latency_reduction must be in (0, 1); got {latency_reduction}")
+    if not 0 < step <= latency_reduction:
+        raise ConfigError(f"step must be in (0, latency_reduction]; got {step}")
+    if candidates < 1:
+        raise ConfigError(f"candidates must be at least 1; got {candidates}")
+    graph = analyze(model, example_input, skip=config.skip)
+    groups = _groups(graph, config)
+    if not groups:
+        raise ModelError("this model has no channel that cnnzip can prune safely"
+                         + (f" at --round-to {config.round_to}" if config.round_to > 1 else ""))
+    keep = {g.group.name: g.group.size for g in groups}
+
+    def plan(widths: dict[str, int]) -> dict[str, list[int]]:
+        return {g.group.name: g.removed(widths[g.group.name]) for g in groups if widths[g.group.name] < g.group.size}
+
+    def predict(widths: dict[str, int]) -> float:
+        return latency(graph.pruned_copy(plan(widths), share=True))
+
+    base = latency(model)
+    goal = base * (1 - latency_reduction)
+    now, accuracy = base, (evaluate(graph.pruned_copy({})) if evaluate is not None else None)
+    steps = evaluations = 0
+    log = []
+    while now > goal:
+        want = max(goal, now - step * base)
+        proposals = []  # (proxy score, group, new keep, predicted ms)
+        for g in groups:
+            name = g.group.name
+            smaller = [k for k in g.options if k < keep[name]]
+            if not smaller:
+                continue
+            # the largest width that reaches `want` (latency falls as the width does): bisection over the options
+            lo, hi = 0, len(smaller) - 1
+            ms_lo = predict({**keep, name: smaller[0]})
+            if ms_lo >= now:
+                continue  # cutting this group saves nothing measurable
+            if ms_lo > want:
+                hi_k, hi_ms = smaller[0], ms_lo  # even the narrowest does not reach the step: offer it as is
+            else:
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if predict({**keep, name: smaller[mid]}) <= want:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                hi_k = smaller[lo]
+                hi_ms = ms_lo if lo == 0 else predict({**keep, name: hi_k})
+            saved = now - hi_ms
+            proposals.append((g.cost(keep[name], hi_k) / saved, g, hi_k, hi_ms))
+        if not proposals:
+            break
+        proposals.sort(key=lambda p: (p[0], p[1].group.name))
+        if evaluate is None:
+            _, best, width, ms = proposals[0]
+            acc = None
+        else:
+            scored = []
+            for _, g, width, ms in proposals[:candidates]:
+                acc = evaluate(graph.pruned_copy(plan({**keep, g.group.name: width})))
+                evaluations += 1
+                scored.append(((accuracy - acc) / (now - ms), g.group.name, g, width, ms, acc))
+            _, _, best, width, ms, acc = min(scored, key=lambda s: (s[0], s[1]))
+            accuracy = acc
+        keep[best.group.name] = width
+        now, steps = ms, steps + 1
+        log.append({"group": best.group.name, "keep": width, "predicted_ms": ms, "accuracy": acc})
+        if say is not None:
+            say(f"step {steps}: {best.group.name} keeps {width} of {best.group.size} channels; predicted "
+                f"{ms:.3f} ms ({1 - ms / base:.1%} less)" + ("" if acc is None else f", accuracy {acc:.2%}"))
+    if now > goal:
+        raise ConfigError(f"cannot remove {latency_reduction:.0%} of the predicted time by pruning the prunable "
+                          f"channels: the most it reaches is {1 - now / base:.1%} (excluded: "
+                          f"{', '.join(graph.excluded) or 'none'})")
+    result = apply_plan(graph, plan(keep))
+    result.notes.update(base_ms=base, predicted_ms=now, latency_reduction=1 - now / base, steps=steps,
+                        evaluations=evaluations, log=log)
+    return result
