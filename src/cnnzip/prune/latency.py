@@ -7,7 +7,8 @@ proposes the smallest cut that lowers the predicted latency by a set amount; eac
 best one is kept. Here a proposal's score is the accuracy it loses per millisecond it saves, measured by
 `evaluate` (after the caller's BatchNorm recalibration, so a few hundred images rank candidates well) on the
 `candidates` most promising proposals, which are first ranked by the importance of the channels they remove per
-millisecond (the only score without `evaluate`). Latency comes from `latency(model) -> ms`, in practice
+millisecond (the only score without `evaluate`). A proposal is credited with at most the step's milliseconds:
+saving more than asked is not worth more accuracy, so the last step does not overshoot the goal for nothing. Latency comes from `latency(model) -> ms`, in practice
 `cnnzip.deploy.LatencyTable.predict`, so proposals are priced without timing each one; the result's measured
 time says how good that prediction was.
 """
@@ -141,7 +142,7 @@ def prune_to_latency(
                 hi_k = smaller[lo]
                 hi_ms = ms_lo if lo == 0 else predict({**keep, name: hi_k})
             saved = now - hi_ms
-            proposals.append((g.cost(keep[name], hi_k) / saved, g, hi_k, hi_ms))
+            proposals.append((g.cost(keep[name], hi_k) / min(saved, now - want), g, hi_k, hi_ms))
         if not proposals:
             break
         proposals.sort(key=lambda p: (p[0], p[1].group.name))
@@ -153,7 +154,7 @@ def prune_to_latency(
             for _, g, width, ms in proposals[:candidates]:
                 acc = evaluate(graph.pruned_copy(plan({**keep, g.group.name: width})))
                 evaluations += 1
-                scored.append(((accuracy - acc) / (now - ms), g.group.name, g, width, ms, acc))
+                scored.append(((accuracy - acc) / min(now - ms, now - want), g.group.name, g, width, ms, acc))
             _, _, best, width, ms, acc = min(scored, key=lambda s: (s[0], s[1]))
             accuracy = acc
         keep[best.group.name] = width
