@@ -10,7 +10,7 @@ blocks' inner channels (the option-A shortcuts keep the streams whole):
 
 - `latency`: `prune_to_latency` (NetAdapt-style) to `--latency-reduction` of the fp32 ONNX Runtime time at batch
   `--batch`, priced by the layer table; candidates scored on 1,000 held-out training images after BatchNorm
-  recalibration on 512 training images (steps of 5%, 8 candidates);
+  recalibration on 512 training images (steps of 5%, `--candidates` scored per step, default 4);
 - `latency-int8`: the same against the int8 table (the time of the file `cnnzip quantize` writes), to
   `--int8-reduction` (int8 layers are a smaller share of the int8 time: the rest, quantize/dequantize, additions,
   does not shrink with the inner widths);
@@ -123,7 +123,7 @@ def stage_prune(args, work):
             table = tables["int8" if variant.endswith("int8") else "fp32"]
             goal = args.int8_reduction if variant.endswith("int8") else args.latency_reduction
             result = prune_to_latency(model, config, example, goal, table.predict,
-                                      evaluate=evaluate, step=0.05, candidates=8, say=print)
+                                      evaluate=evaluate, step=0.05, candidates=args.candidates, say=print)
             pruned, notes = result.model, {k: v for k, v in result.notes.items()}
         elif variant == "uniform":
             goal = json.loads((work / "latency" / "prune.json").read_text())["notes"]["predicted_ms"]
@@ -240,6 +240,7 @@ def main() -> None:
     ap.add_argument("--variant", choices=VARIANTS)
     ap.add_argument("--latency-reduction", type=float, default=0.4)
     ap.add_argument("--int8-reduction", type=float, default=0.25)
+    ap.add_argument("--candidates", type=int, default=4, help="candidates scored per step")
     ap.add_argument("--batch", type=int, default=256, help="the batch size whose time the latency variants cut")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
