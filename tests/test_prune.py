@@ -573,6 +573,19 @@ def test_prune_to_latency_spends_the_cut_where_time_goes():
     assert sorted(result.removed["layer3.1.conv1"]) == sorted(torch.argsort(norms, stable=True)[:64 - kept].tolist())
 
 
+def test_prune_to_latency_cuts_one_block_where_no_layer_can_save_a_whole_step():
+    """No single layer holds 30% of the time: each step then cuts one round_to block of one layer (not the
+    narrowest width), so that accuracy per millisecond decides layer by layer."""
+    model = _randomise_bn(create_model("resnet20"))
+    result = prune_to_latency(model, ChannelPruning(round_to=8, residual_stream=False), X, 0.3, _weighted_macs({}),
+                              step=0.3)
+    sizes = {g: a for g, (a, _) in result.widths.items()}
+    previous = dict(sizes)
+    for entry in result.notes["log"]:
+        assert previous[entry["group"]] - entry["keep"] == 8
+        previous[entry["group"]] = entry["keep"]
+
+
 def test_prune_to_latency_follows_measured_accuracy():
     """With an evaluator, a layer whose cut costs accuracy is left alone while others can pay for the time."""
     model = _randomise_bn(create_model("resnet20"))

@@ -4,7 +4,9 @@ Fewer MACs are not less time. A CPU kernel's time depends on its channel counts,
 MACs is not its share of the time, so uniform ratios or `prune_to_macs` spend the cut where it saves little.
 NetAdapt (Yang et al., ECCV 2018) instead shrinks the network in steps: at each step, every prunable layer
 proposes the smallest cut that lowers the predicted latency by a set amount; each proposal is scored, and the
-best one is kept. Here a proposal's score is the accuracy it loses per millisecond it saves, measured by
+best one is kept. A layer too small to save the whole step alone proposes its smallest cut that saves anything
+(one `round_to` block), not its narrowest: on a ResNet-56, whose 27 blocks each hold 1-4% of the time, offering
+the narrowest cut emptied whole blocks to 8 channels one after another. Here a proposal's score is the accuracy it loses per millisecond it saves, measured by
 `evaluate` (after the caller's BatchNorm recalibration, so a few hundred images rank candidates well) on the
 `candidates` most promising proposals, which are first ranked by the importance of the channels they remove per
 millisecond (the only score without `evaluate`). A proposal is credited with at most the step's milliseconds:
@@ -126,13 +128,14 @@ def prune_to_latency(
             if not smaller:
                 continue
             # the largest width that reaches `want` (latency falls as the width does): bisection over the options
-            lo, hi = 0, len(smaller) - 1
             ms_lo = predict({**keep, name: smaller[0]})
             if ms_lo >= now:
                 continue  # cutting this group saves nothing measurable
-            if ms_lo > want:
-                hi_k, hi_ms = smaller[0], ms_lo  # even the narrowest does not reach the step: offer it as is
+            if ms_lo > want:  # not even the narrowest reaches the step: offer the smallest cut that saves time
+                hi_k = next(k for k in reversed(smaller) if k == smaller[0] or predict({**keep, name: k}) < now)
+                hi_ms = ms_lo if hi_k == smaller[0] else predict({**keep, name: hi_k})
             else:
+                lo, hi = 0, len(smaller) - 1
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
                     if predict({**keep, name: smaller[mid]}) <= want:
