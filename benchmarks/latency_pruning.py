@@ -10,7 +10,7 @@ blocks' inner channels (the option-A shortcuts keep the streams whole):
 
 - `latency`: `prune_to_latency` (NetAdapt-style) to `--latency-reduction` of the fp32 ONNX Runtime time at batch
   `--batch`, priced by the layer table; candidates scored on 1,000 held-out training images after BatchNorm
-  recalibration on 512 training images (steps of 5%, `--candidates` scored per step, default 4);
+  recalibration on 512 training images (steps of 5%, `--candidates` scored per step, default 8);
 - `latency-int8`: the same against the int8 table (the time of the file `cnnzip quantize` writes), to
   `--int8-reduction` (int8 layers are a smaller share of the int8 time: the rest, quantize/dequantize, additions,
   does not shrink with the inner widths);
@@ -113,7 +113,7 @@ def stage_prune(args, work):
         recalibrate_batchnorm(candidate, calibration, 512)
         return scorer.evaluate(candidate).accuracy
 
-    for variant in ("latency", "latency-int8", "uniform", "tp"):
+    for variant in args.variants.split(","):
         out = work / variant / "pruned.pt"
         if out.exists():
             continue
@@ -237,10 +237,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=ARCHS, default="resnet56")
     ap.add_argument("--stage", choices=["prune", "finetune", "report"], required=True)
-    ap.add_argument("--variant", choices=VARIANTS)
+    ap.add_argument("--variant", choices=VARIANTS, help="the one --stage finetune trains")
+    ap.add_argument("--variants", default="latency,uniform,tp,latency-int8",
+                    help="what --stage prune makes, in this order (uniform and tp follow latency's result)")
     ap.add_argument("--latency-reduction", type=float, default=0.4)
     ap.add_argument("--int8-reduction", type=float, default=0.25)
-    ap.add_argument("--candidates", type=int, default=4, help="candidates scored per step")
+    ap.add_argument("--candidates", type=int, default=8, help="candidates scored per step")
     ap.add_argument("--batch", type=int, default=256, help="the batch size whose time the latency variants cut")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)

@@ -559,7 +559,7 @@ def test_prune_to_latency_spends_the_cut_where_time_goes():
     latency = _weighted_macs({"layer3.1.conv1": 20.0})
     config = ChannelPruning(method="l1", round_to=8, residual_stream=False)
     result = prune_to_latency(model, config, X, 0.3, latency, step=0.05)
-    assert result.notes["log"][0]["group"] == "layer3.1.conv1"
+    assert list(result.notes["log"][0]["cuts"]) == ["layer3.1.conv1"]  # it alone saves a whole step
     assert latency(result.model) <= 0.7 * latency(model) + 1e-9
     assert result.notes["predicted_ms"] == pytest.approx(latency(result.model))
     assert result.max_error <= 1e-4
@@ -574,16 +574,18 @@ def test_prune_to_latency_spends_the_cut_where_time_goes():
 
 
 def test_prune_to_latency_cuts_one_block_where_no_layer_can_save_a_whole_step():
-    """No single layer holds 30% of the time: each step then cuts one round_to block of one layer (not the
-    narrowest width), so that accuracy per millisecond decides layer by layer."""
+    """No single layer holds 30% of the time: each layer then offers one round_to block (not its narrowest width),
+    and the step takes the best-scored offers until together they save it."""
     model = _randomise_bn(create_model("resnet20"))
     result = prune_to_latency(model, ChannelPruning(round_to=8, residual_stream=False), X, 0.3, _weighted_macs({}),
                               step=0.3)
     sizes = {g: a for g, (a, _) in result.widths.items()}
     previous = dict(sizes)
+    assert len(result.notes["log"][0]["cuts"]) > 1
     for entry in result.notes["log"]:
-        assert previous[entry["group"]] - entry["keep"] == 8
-        previous[entry["group"]] = entry["keep"]
+        for name, keep in entry["cuts"].items():
+            assert previous[name] - keep == 8
+            previous[name] = keep
 
 
 def test_prune_to_latency_follows_measured_accuracy():

@@ -80,9 +80,10 @@ def add_arguments(s) -> None:
                    "quantize` writes it (default fp32)")
     s.add_argument("--latency-step", type=float, default=0.05, metavar="F",
                    help="with --latency-reduction: each step removes this share of the original time (default 0.05)")
-    s.add_argument("--latency-candidates", type=int, default=4, metavar="K",
-                   help="with --latency-reduction: per step, the K most promising layers (importance removed per "
-                   "millisecond) are tried on validation images and the best kept (default 4)")
+    s.add_argument("--latency-candidates", type=int, default=8, metavar="K",
+                   help="with --latency-reduction: per step, the K most promising layer cuts (importance removed per "
+                   "millisecond) are scored on validation images, and the best taken until they save the step "
+                   "(default 8)")
     s.add_argument("--latency-eval-images", type=int, default=1000, metavar="IMAGES",
                    help="with --latency-reduction: validation images each candidate is scored on, after "
                    "--recalibrate (default 1000; 0: rank by importance per millisecond alone, no evaluation)")
@@ -126,7 +127,7 @@ def time_limit(seconds: float | None, message: str):
         signal.signal(signal.SIGALRM, previous)
 
 
-_DEFAULTS = {"latency_batch": 1, "latency_precision": "fp32", "latency_step": 0.05, "latency_candidates": 4,
+_DEFAULTS = {"latency_batch": 1, "latency_precision": "fp32", "latency_step": 0.05, "latency_candidates": 8,
              "latency_eval_images": 1000}
 
 
