@@ -17,7 +17,8 @@ blocks' inner channels (the option-A shortcuts keep the streams whole):
 - `uniform`: L1 at one ratio for every layer, the ratio bisected until the *predicted* fp32 time equals the
   `latency` variant's (same latency, MACs wherever they fall);
 - `tp`: Torch-Pruning used directly (MetaPruner, L1 group importance, per layer, round_to 8) at the `latency`
-  variant's MACs (within 0.5%).
+  variant's MACs, as close as its one ratio in steps of 8 channels gets (a 16-channel layer can only go to 8);
+- `tp-exact`: the same without round_to, at the `latency` variant's MACs within 0.5% (widths as L1 leaves them).
 
 Each is fine-tuned `--epochs` epochs (lr 0.01, cosine, batch 128, crops and flips, seed 0; cnnzip's after BatchNorm
 recalibration on 2,048 training images, as `cnnzip prune` does, Torch-Pruning's as it comes), then tested once on
@@ -46,12 +47,12 @@ from cnnzip.measure import Evaluator, count_macs, count_parameters
 from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels, prune_to_latency
 from cnnzip.train import TrainConfig, recalibrate_batchnorm
 
-VARIANTS = ("latency", "latency-int8", "uniform", "tp")
+VARIANTS = ("latency", "latency-int8", "uniform", "tp", "tp-exact")
 ROUND_TO = 8
 
 
-def torch_pruning_to_macs(model, shape, macs: int, arch: str, tolerance: float = 0.005):
-    """Torch-Pruning's MetaPruner (L1 group importance, per layer, round_to 8), its ratio bisected on MACs; on
+def torch_pruning_to_macs(model, shape, macs: int, arch: str, tolerance: float = 0.005, round_to: int | None = ROUND_TO):
+    """Torch-Pruning's MetaPruner (L1 group importance, per layer, `round_to`), its ratio bisected on MACs; on
     ResNets only the blocks' conv1 outputs, on VGG every conv (the classifier's outputs are the classes)."""
     import torch_pruning as tp
 
@@ -66,7 +67,7 @@ def torch_pruning_to_macs(model, shape, macs: int, arch: str, tolerance: float =
             ignored = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
         tp.pruner.MetaPruner(m, torch.zeros(1, *shape), importance=tp.importance.MagnitudeImportance(p=1),
                              pruning_ratio=ratio, ignored_layers=ignored, global_pruning=False,
-                             round_to=ROUND_TO).step()
+                             round_to=round_to).step()
         return m
 
     lo, hi, best = 0.0, 0.99, None
@@ -140,7 +141,8 @@ def stage_prune(args, work):
             notes = {"ratio": best[2], "predicted_ms": best[1]}
         else:
             macs = json.loads((work / "latency" / "prune.json").read_text())["macs"]
-            pruned = torch_pruning_to_macs(model, shape, macs, args.arch)
+            pruned = torch_pruning_to_macs(model, shape, macs, args.arch,
+                                           round_to=ROUND_TO if variant == "tp" else None)
         record = {"variant": variant, "macs": count_macs(pruned, shape), "params": count_parameters(pruned),
                   "seconds": time.perf_counter() - started, "notes": notes,
                   "predicted_ms": {p: t.predict(pruned) for p, t in tables.items()},
@@ -157,7 +159,7 @@ def stage_finetune(args, work):
     done = work / args.variant / "finetuned.pt"
     if done.exists():
         return
-    if args.variant != "tp":
+    if not args.variant.startswith("tp"):
         recalibrate_batchnorm(pruned, recal(2048), 2048)
     batches = Loader(train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
     Finetuner(batches, {"finetune": args.epochs}, TrainConfig(lr=0.01, seed=0), run_dir=work / "checkpoints",
