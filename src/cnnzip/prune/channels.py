@@ -109,15 +109,7 @@ def plan_channels(graph: ChannelGraph, config: ChannelPruning) -> dict[str, list
     """
     if config.ratio is None and config.threshold is None and config.widths is None:
         raise ConfigError("say how much to prune: a ratio, a threshold or widths")
-    importance = get_importance(config.method)
-    generator = torch.Generator().manual_seed(config.seed)
-    scores: dict[str, torch.Tensor] = {}  # per position: channel scores averaged over the group's blocks
-    for g in graph.groups:
-        s = random_scores(graph, g, generator) if importance is random_scores else importance(graph, g)
-        if s is not None:
-            scores[g.name] = s.reshape(g.blocks, -1).mean(0)
-    residual = set() if config.residual_stream else graph.residual_groups()
-    groups = [g for g in graph.groups if g.name in scores and g.name not in residual]
+    groups, scores = position_scores(graph, config)
     removed = _plan(graph, groups, scores, config)  # positions
     plan = {}
     for g in groups:
@@ -129,6 +121,20 @@ def plan_channels(graph: ChannelGraph, config: ChannelPruning) -> dict[str, list
         order = torch.argsort(scores[g.name], stable=True)[:n].tolist()
         plan[g.name] = sorted(b * units + p for b in range(g.blocks) for p in order)
     return plan
+
+
+def position_scores(graph: ChannelGraph, config: ChannelPruning) -> tuple[list, dict[str, torch.Tensor]]:
+    """The groups `config` may prune (scored, and not residual streams unless it says so) and each one's
+    importance per position: channel scores averaged over the group's blocks."""
+    importance = get_importance(config.method)
+    generator = torch.Generator().manual_seed(config.seed)
+    scores: dict[str, torch.Tensor] = {}
+    for g in graph.groups:
+        s = random_scores(graph, g, generator) if importance is random_scores else importance(graph, g)
+        if s is not None:
+            scores[g.name] = s.reshape(g.blocks, -1).mean(0)
+    residual = set() if config.residual_stream else graph.residual_groups()
+    return [g for g in graph.groups if g.name in scores and g.name not in residual], scores
 
 
 def _plan(graph: ChannelGraph, groups: list, scores: dict[str, torch.Tensor], config: ChannelPruning) -> dict:

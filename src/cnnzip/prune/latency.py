@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from .channels import ChannelPruning, PruneResult, apply_plan
+from .channels import ChannelPruning, PruneResult, apply_plan, position_scores
 from .graph import ChannelGroup, analyze
-from .importance import get_importance, random_scores
 
 __all__ = ["prune_to_latency"]
 
@@ -56,17 +55,10 @@ class _Group:
 
 
 def _groups(graph, config: ChannelPruning) -> list[_Group]:
-    importance = get_importance(config.method)
-    generator = torch.Generator().manual_seed(config.seed)
-    residual = set() if config.residual_stream else graph.residual_groups()
     out = []
-    for g in graph.groups:
-        if g.name in residual:
-            continue
-        s = random_scores(graph, g, generator) if importance is random_scores else importance(graph, g)
-        if s is None:
-            continue
-        s = s.reshape(g.blocks, -1).mean(0)
+    groups, scores = position_scores(graph, config)
+    for g in groups:
+        s = scores[g.name]
         step = math.lcm(config.round_to, g.blocks)
         least = max(step, -(-config.min_channels // step) * step)
         options = [k for k in range(least, g.size, step)] + [g.size]
