@@ -4,9 +4,16 @@ Fewer MACs are not less time: a kernel's speed depends on its channel counts (bl
 pruned layer saves is not proportional to what it loses. NetAdapt (Yang et al., ECCV 2018) predicts a pruned
 network's latency from a table of its layers' latencies; so does this. Every conv and linear layer of the model
 is rebuilt alone (same kernel, stride, padding, groups and input size) at a grid of input and output widths
-(`fractions` of its own), exported to ONNX and timed in ONNX Runtime at `batch_size`. A pruned model's latency is
-then predicted as the unpruned model's measured time plus, for each layer, the difference between its time at
-its new widths (interpolated in the grid) and at its old ones. Layers with the same configuration are timed once.
+(`fractions` of its own), exported to ONNX and run in ONNX Runtime at `batch_size`. A layer's time is what ONNX
+Runtime's profiler reports for its compute kernels, without the layout conversions around them (NCHWc reorders,
+transposes, the int8 file's quantize/dequantize of its input and output): a whole model converts its layout once,
+at its ends, where a layer alone converts it on both sides, and on a 16-channel ResNet layer those conversions
+were a third of the alone time and made the table over-predict what pruning saves 2.5-fold. A pruned model's
+latency is then predicted as the unpruned model's measured time plus, for each layer, the difference between its
+time at its new widths (interpolated in the grid) and at its old ones. Layers with the same configuration are
+timed once. One conversion is real inside a model: a layer whose output width is not a multiple of the NCHWc
+kernels' channel block (16 with AVX-512, 8 with AVX2; x86 only) hands its consumer a plain NCHW tensor, so its
+output reorder is counted in its time at such widths.
 A table is cached per model architecture, batch size, thread count, precision and machine, so a search asks for
 it once. With `precision="int8"` every layer file (and the whole model) is first quantized as `cnnzip quantize`
 does (QDQ, per-channel weights), calibrated on random inputs: ranges change a kernel's results, not its time.
@@ -158,6 +165,50 @@ def _machine() -> str:
     return f"{platform.machine()}|{cpu}|{os.cpu_count()}"
 
 
+_LAYOUT_OPS = {"ReorderInput", "ReorderOutput", "Transpose", "QuantizeLinear", "DequantizeLinear",
+               "DynamicQuantizeLinear"}
+
+
+def _profiled_sessions(files: dict[str, Path], threads: int, workdir: Path) -> dict:
+    """ONNX Runtime sessions that record each node's time (ORT's profiler), one file per session."""
+    import onnxruntime as ort
+
+    sessions = {}
+    for name, path in files.items():
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(workdir / f"profile-{name}")
+        sessions[name] = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return sessions
+
+
+def nchwc_block() -> int:
+    """The channel block of ONNX Runtime's NCHWc conv kernels on this CPU (MLAS: 16 with AVX-512F, 8 with AVX or
+    AVX2); 1 where it has none (not x86)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return 16 if "avx512f" in flags else 8 if "avx" in flags or "avx2" in flags else 1
+
+
+def _kernel_ms(session, warmup: int, output_reorder: bool = False) -> float:
+    """The median over runs of each compute node's time, summed (ms); layout conversions (but the output's
+    reorder, with `output_reorder`) and the first `warmup` runs left out. Ends the session's profiling."""
+    events = json.loads(Path(session.end_profiling()).read_text())
+    skip = _LAYOUT_OPS - ({"ReorderOutput"} if output_reorder else set())
+    per_node: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") \
+                and e.get("args", {}).get("op_name") not in skip:
+            per_node.setdefault(e["name"], []).append(e["dur"] / 1000)
+    return sum(statistics.median(v[warmup:] or v) for v in per_node.values())
+
+
 def _int8(path: Path, shape: tuple[int, ...]) -> Path:
     """The int8 QDQ file of one exported layer (or model), as `cnnzip quantize` writes it; random calibration."""
     import numpy as np
@@ -193,7 +244,7 @@ def build_latency_table(model: nn.Module, input_shape: tuple[int, ...], batch_si
         raise ConfigError("the model has no conv or linear layer to time")
     arch = hashlib.sha256(json.dumps({n: c.key() for n, c in sorted(configs.items())}).encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps([arch, list(input_shape), batch_size, threads, sorted(fractions), round_to,
-                                     _machine()] + ([precision] if precision != "fp32" else []))
+                                     _machine(), "kernels", nchwc_block()] + ([precision] if precision != "fp32" else []))
                          .encode()).hexdigest()[:16]
     default = Path(os.environ.get("CNNZIP_CACHE", Path.home() / ".cache" / "cnnzip")) / "latency"
     cache = Path(cache_dir) if cache_dir is not None else default
@@ -221,18 +272,18 @@ def build_latency_table(model: nn.Module, input_shape: tuple[int, ...], batch_si
                 labels.append((cfg.key(), f"{cin},{cout}", name))
         whole = export_onnx(model, Path(tmp) / "model.onnx", tuple(input_shape))
         whole = _int8(whole, tuple(input_shape)) if precision == "int8" else whole
-        sessions = {n: onnx_session(p, threads=threads) for n, (p, _) in files.items()}
+        sessions = _profiled_sessions({n: p for n, (p, _) in files.items()}, threads, Path(tmp))
         base = onnx_session(whole, threads=threads)
-        times: dict[str, list[float]] = {n: [] for n in files}
         base_times = []
-        for _ in range(rounds):  # rounds over everything, so that load drifts fall on all layers alike
+        for r in range(rounds):  # rounds over everything, so that load drifts fall on all layers alike
             base_times.append(measure_onnx_latency(base, tuple(input_shape), batch_size, warmup=2,
                                                    repeats=repeats).median_ms)
             for n, session in sessions.items():
-                times[n].append(measure_onnx_latency(session, files[n][1], batch_size, warmup=2,
-                                                     repeats=repeats).median_ms)
+                measure_onnx_latency(session, files[n][1], batch_size, warmup=2 if r == 0 else 0, repeats=repeats)
         for cfg_key, widths, n in labels:
-            points.setdefault(cfg_key, {})[widths] = statistics.median(times[n])
+            cout = int(widths.split(",")[1])
+            points.setdefault(cfg_key, {})[widths] = _kernel_ms(sessions[n], warmup=2,
+                                                                output_reorder=cout % nchwc_block() != 0)
     table = LatencyTable(batch_size, threads, statistics.median(base_times),
                          {name: c.key() for name, c in configs.items()}, points, precision)
     table.save(path)

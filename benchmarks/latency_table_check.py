@@ -1,0 +1,44 @@
+"""Does the latency table predict what pruning one ResNet-56 stage saves? (issue 21, exploratory)
+
+    python benchmarks/latency_table_check.py 256      # batch size; 1 thread; nothing else on the machine
+
+Random-weight ResNet-56 (only the architecture matters), inner widths halved per stage and everywhere, and cut to
+3/4 (widths 12/24/48, not multiples of 8); measured whole-model ONNX Runtime time (5 rotating rounds) against the
+table's prediction. Prints; writes nothing.
+"""
+import sys, time, torch, json, tempfile
+from pathlib import Path
+from cnnzip.models import create_model
+from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels
+from cnnzip.deploy import build_latency_table, compare_onnx_latency, export_onnx
+torch.set_num_threads(1)
+B = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+m = create_model("resnet56").eval()
+shape = (3, 32, 32)
+g = analyze(m, torch.zeros(1, *shape))
+inner = [x for x in g.groups if x.name not in g.residual_groups()]
+print([ (x.name, x.size) for x in inner][:3], len(inner))
+def cut(pred, frac):
+    plan = {}
+    for x in inner:
+        if pred(x):
+            k = int(x.size * frac)
+            plan[x.name] = list(range(x.size - k))  # remove first channels -> keep k
+    return apply_plan(g, plan).model
+variants = {"full": m,
+            "s1 half": cut(lambda x: x.size == 16, 0.5),
+            "s2 half": cut(lambda x: x.size == 32, 0.5),
+            "s3 half": cut(lambda x: x.size == 64, 0.5),
+            "all half": cut(lambda x: True, 0.5),
+            "all 3/4": cut(lambda x: True, 0.75)}
+t0 = time.time()
+table = build_latency_table(m, shape, B, round_to=8, threads=1, repeats=20 if B == 1 else 3, cache_dir="/tmp/exp/tables")
+print("table", time.time() - t0)
+with tempfile.TemporaryDirectory() as tmp:
+    files = {n: export_onnx(v, Path(tmp) / f"{i}.onnx", shape) for i, (n, v) in enumerate(variants.items())}
+    meas = compare_onnx_latency(files, shape, (B,), rounds=5)
+base = meas["full"][f"ort_ms_b{B}"]
+for n, v in variants.items():
+    ms = meas[n][f"ort_ms_b{B}"]
+    p = table.predict(v)
+    print(f"{n:10s} measured {ms:8.2f} saved {base-ms:7.2f}  predicted {p:8.2f} saved {table.base_ms-p:7.2f}  ratio {(table.base_ms-p)/max(base-ms,1e-9):.2f}")
