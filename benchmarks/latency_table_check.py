@@ -6,11 +6,17 @@ Random-weight ResNet-56 (only the architecture matters), inner widths halved per
 3/4 (widths 12/24/48, not multiples of 8); measured whole-model ONNX Runtime time (5 rotating rounds) against the
 table's prediction. Prints; writes nothing.
 """
-import sys, time, torch, json, tempfile
+import sys
+import tempfile
+import time
 from pathlib import Path
-from cnnzip.models import create_model
-from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels
+
+import torch
+
 from cnnzip.deploy import build_latency_table, compare_onnx_latency, export_onnx
+from cnnzip.models import create_model
+from cnnzip.prune import analyze, apply_plan
+
 torch.set_num_threads(1)
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 m = create_model("resnet56").eval()
