@@ -232,3 +232,28 @@ def test_an_int8_latency_table_times_quantized_layers_and_is_cached_apart(tmp_pa
     assert len(list(tmp_path.glob("*.json"))) == 2
     with pytest.raises(ConfigError, match="precision"):
         build_latency_table(model, (1, 8, 8), 1, precision="int4", cache_dir=tmp_path)
+
+
+def test_a_layer_time_is_its_kernels_without_the_layout_conversions_a_whole_model_pays_once(tmp_path):
+    """Alone, a conv pays NCHWc reorders on both sides; inside a model it does not (only its output reorder, at a
+    width that is not a multiple of the kernels' channel block). The table counts what the model pays."""
+    import json
+
+    from cnnzip.deploy.latency_table import _kernel_ms
+
+    def event(node, op, us):
+        return {"cat": "Node", "name": f"{node}_kernel_time", "dur": us, "args": {"op_name": op}}
+
+    runs = [(9000, 1800, 1100), (1000, 1700, 1000), (1000, 1900, 1200), (1100, 1800, 1100)]  # first run: warm-up
+    events = [e for conv, rin, rout in runs for e in (event("in", "ReorderInput", rin), event("conv", "Conv", conv),
+                                                      event("out", "ReorderOutput", rout))]
+    events.append({"cat": "Session", "name": "model_run", "dur": 99999})
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events))
+
+    class Session:
+        def end_profiling(self):
+            return str(path)
+
+    assert _kernel_ms(Session(), warmup=1) == pytest.approx(1.0)
+    assert _kernel_ms(Session(), warmup=1, output_reorder=True) == pytest.approx(1.0 + 1.1)
