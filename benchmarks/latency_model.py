@@ -3,8 +3,8 @@
     python benchmarks/latency_model.py [--arch resnet56] [--threads 2] [--models 12] [--precisions fp32,int8]
 
 The JPEG-fine-tuned model (`baseline_resnet56.py --arch ARCH`; only its architecture matters here) gets a latency
-table at batch 1 and 256 (`cnnzip.deploy.build_latency_table`: every conv/linear configuration alone at 1/4, 1/2,
-3/4 and all of its input and output widths, 3 rounds). Then `--models` pruned copies: L1 on the blocks' inner
+table at batch 1 and 256 (`cnnzip.deploy.build_latency_table`: every conv/linear configuration alone at every eighth of
+its input and output widths, 3 rounds). Then `--models` pruned copies: L1 on the blocks' inner
 channels at one ratio for all (0.1 to 0.6), and as many with a random ratio per layer (seed 0), each with widths as
 L1 leaves them, every width a multiple of `--round-to` (8, as latency-aware pruning uses; the table's grid too).
 Their measured time (all files side by side, 5 rotating rounds) against the prediction: the error
@@ -29,6 +29,7 @@ import torch
 from _common import RUNS, save
 from baseline_resnet56 import ensure, model_file
 from cnnzip.deploy import build_latency_table, compare_onnx_latency, export_onnx
+from cnnzip.deploy.latency_table import EIGHTHS
 from cnnzip.io import load
 from cnnzip.measure import count_macs
 from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels
@@ -52,7 +53,7 @@ def main() -> None:
     model, meta = load(model_file(args.arch))
     shape = tuple(meta.input_shape)
     example = torch.zeros(1, *shape)
-    tables = {(p, b): build_latency_table(model, shape, b, fractions=(0.25, 0.5, 0.75, 1.0), threads=args.threads,
+    tables = {(p, b): build_latency_table(model, shape, b, threads=args.threads,
                                           round_to=args.round_to, rounds=3, repeats=20 if b == 1 else 3,
                                           cache_dir=RUNS / "latency-tables",
                                           precision=p)
@@ -109,7 +110,7 @@ def main() -> None:
             for p in precisions for b in (1, 256)))
     print(summary)
     name = f"latency_model_{args.arch}" + (f"_r{args.round_to}" if args.round_to != 8 else "")
-    save(name, {"arch": args.arch, "threads": args.threads, "rounds": args.rounds, "fractions": [0.25, 0.5, 0.75, 1.0],
+    save(name, {"arch": args.arch, "threads": args.threads, "rounds": args.rounds, "fractions": list(EIGHTHS),
                 "seed": 0, "precisions": precisions, "round_to": args.round_to, "rows": rows, "summary": summary})
 
 

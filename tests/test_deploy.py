@@ -257,3 +257,16 @@ def test_a_layer_time_is_its_kernels_without_the_layout_conversions_a_whole_mode
 
     assert _kernel_ms(Session(), warmup=1) == pytest.approx(1.0)
     assert _kernel_ms(Session(), warmup=1, output_reorder=True) == pytest.approx(1.0 + 1.1)
+
+
+def test_the_default_grid_times_every_width_a_round_to_8_plan_can_give_a_32_channel_layer(tmp_path):
+    """Eighths of each width: with round_to 8, a 32-channel conv is timed at 8, 16, 24 and 32 channels on each
+    side, so that 24 (not a multiple of AVX-512's 16-channel block, and slower for it) is measured, not
+    interpolated."""
+    pytest.importorskip("onnxruntime")
+    from cnnzip.deploy import build_latency_table
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1)).eval()
+    table = build_latency_table(model, (32, 4, 4), 1, round_to=8, repeats=1, rounds=1, threads=1, cache_dir=tmp_path)
+    (grid,) = table.points.values()
+    assert sorted(grid) == sorted(f"{a},{b}" for a in (8, 16, 24, 32) for b in (8, 16, 24, 32))
