@@ -158,9 +158,10 @@ def test_prune_to_a_latency_target(tmp_path, capsys, digits_model, monkeypatch):
             points[c.key()] = {f"{a},{b}": a * b * area / 1e3 for a, b in grid}
             base += c.cin * c.cout * area / 1e3
         calls.append(kw.get("precision", "fp32"))
+        rounding.append(kw.get("round_to"))
         return LatencyTable(batch_size, 1, base, {n: c.key() for n, c in configs.items()}, points)
 
-    calls = []
+    calls, rounding = [], []
     monkeypatch.setattr(cnnzip.deploy, "build_latency_table", table)
     model = digits_model(4)
     out = tmp_path / "fast"
@@ -172,6 +173,7 @@ def test_prune_to_a_latency_target(tmp_path, capsys, digits_model, monkeypatch):
     assert "fp32 time at batch 1: predicted" in text and "measured in ONNX Runtime" in text
     report = _json.loads((out / "report.json").read_text())
     assert report["latency_reduction_goal"] == 0.3 and calls == ["fp32"]
+    assert rounding == [8]  # latency pruning rounds widths to 8 unless told otherwise
     notes = report["notes"]
     assert notes["latency_reduction"] >= 0.3 and notes["evaluations"] >= 1 and notes["log"]
     assert report["rows"]["pruned"]["params"] < report["rows"]["original"]["params"]

@@ -64,9 +64,10 @@ def add_arguments(s) -> None:
     s.add_argument("--min-channels", type=int, default=1, help="channels every layer keeps (default 1)")
     s.add_argument("--skip", action="append", default=[], metavar="REGEX",
                    help="leave layers matching this name or regex alone (repeatable)")
-    s.add_argument("--round-to", type=int, default=1, metavar="N",
+    s.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="every pruned layer keeps a multiple of N channels (rounded up): CPU kernels work on "
-                   "blocks of 8 or 16 channels (default 1: no rounding)")
+                   "blocks of 8 or 16 channels (default 8 with --latency-reduction, whose layer table is timed at "
+                   "every eighth of each width, so at every multiple of 8 up to 64; 1, no rounding, otherwise)")
     s.add_argument("--recalibrate", type=int, default=512, metavar="IMAGES",
                    help="re-estimate BatchNorm statistics on this many training images after the surgery, before "
                    "measuring or fine-tuning (default 512; 0: keep the original's statistics)")
@@ -181,9 +182,10 @@ def run(args) -> int:
     if args.time_limit is not None and args.time_limit <= 0:
         raise ConfigError("--time-limit must be a positive number of seconds")
     batches_latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
+    round_to = args.round_to if args.round_to is not None else 8 if args.latency_reduction is not None else 1
     config = ChannelPruning(method=args.method, ratio=args.ratio, threshold=args.threshold, scope=args.scope,
-                            min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed,
-                            round_to=args.round_to, residual_stream=not args.inner_only)
+                            min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed, round_to=round_to,
+                            residual_stream=not args.inner_only)
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)
