@@ -15,7 +15,8 @@ blocks' inner channels (the option-A shortcuts keep the streams whole):
   `--int8-reduction` (int8 layers are a smaller share of the int8 time: the rest, quantize/dequantize, additions,
   does not shrink with the inner widths);
 - `uniform`: L1 at one ratio for every layer, the ratio bisected until the *predicted* fp32 time equals the
-  `latency` variant's (same latency, MACs wherever they fall);
+  `latency` variant's (same latency, MACs wherever they fall); widths in steps of 8 rarely land on it exactly, so
+- `latency-at-uniform`: `latency` again, to the time predicted for `uniform` (the same latency the other way);
 - `tp`: Torch-Pruning used directly (MetaPruner, L1 group importance, per layer, round_to 8) at the `latency`
   variant's MACs, as close as its one ratio in steps of 8 channels gets (a 16-channel layer can only go to 8);
 - `tp-exact`: the same without round_to, at the `latency` variant's MACs within 0.5% (widths as L1 leaves them).
@@ -47,7 +48,7 @@ from cnnzip.measure import Evaluator, count_macs, count_parameters
 from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels, prune_to_latency
 from cnnzip.train import TrainConfig, recalibrate_batchnorm
 
-VARIANTS = ("latency", "latency-int8", "uniform", "tp", "tp-exact")
+VARIANTS = ("latency", "latency-int8", "uniform", "latency-at-uniform", "tp", "tp-exact")
 ROUND_TO = 8
 RANK_IMAGES = 1000
 
@@ -130,9 +131,11 @@ def stage_prune(args, work):
         if variant.startswith("latency"):
             table = tables["int8" if variant.endswith("int8") else "fp32"]
             goal = args.int8_reduction if variant.endswith("int8") else args.latency_reduction
+            if variant == "latency-at-uniform":  # uniform's predicted time as the goal
+                goal = 1 - json.loads((work / "uniform" / "prune.json").read_text())["predicted_ms"]["fp32"] / table.base_ms
             result = prune_to_latency(model, config, example, goal, table.predict,
                                       evaluate=evaluate, step=0.05, candidates=args.candidates, say=print)
-            pruned, notes = result.model, {k: v for k, v in result.notes.items()}
+            pruned, notes = result.model, {**result.notes, "goal": goal}
         elif variant == "uniform":
             goal = json.loads((work / "latency" / "prune.json").read_text())["notes"]["predicted_ms"]
             graph = analyze(model, example)
@@ -230,7 +233,7 @@ def stage_report(args, work):
                 row[f"measured_reduction_{precision}"] = 1 - 1 / row[f"speedup_{precision}_b{args.batch}"]
             if name.startswith("latency"):  # the target: measured time against the goal (unpruned x (1 - goal))
                 precision = "int8" if name.endswith("int8") else "fp32"
-                goal = args.int8_reduction if precision == "int8" else args.latency_reduction
+                goal = row["notes"].get("goal", args.int8_reduction if precision == "int8" else args.latency_reduction)
                 row["goal"] = goal
                 row["time_over_goal_pct"] = 100 * ((1 - row[f"measured_reduction_{precision}"]) / (1 - goal) - 1)
     lines = [f"| variant | MACs | MACs ratio | test fp32 | test int8 | fp32 b1 | fp32 b{args.batch} | int8 b1 | "
@@ -252,8 +255,9 @@ def main() -> None:
     ap.add_argument("--arch", choices=ARCHS, default="resnet56")
     ap.add_argument("--stage", choices=["prune", "finetune", "report"], required=True)
     ap.add_argument("--variant", choices=VARIANTS, help="the one --stage finetune trains")
-    ap.add_argument("--variants", default="latency,uniform,tp,latency-int8",
-                    help="what --stage prune makes, in this order (uniform and tp follow latency's result)")
+    ap.add_argument("--variants", default="latency,uniform,latency-at-uniform,tp,latency-int8",
+                    help="what --stage prune makes, in this order (uniform and tp follow latency's result, "
+                    "latency-at-uniform uniform's)")
     ap.add_argument("--latency-reduction", type=float, default=0.3,
                     help="0.3 at batch 256: halving every inner width of ResNet-56 saves 33%% here")
     ap.add_argument("--int8-reduction", type=float, default=0.15,
