@@ -110,8 +110,8 @@ def stage_prune(args, work):
     model, meta, train, rank, test, recal = setup(args.arch)
     shape = tuple(meta.input_shape)
     example = torch.zeros(1, *shape)
-    streams = args.streams or not args.arch.startswith("resnet")  # False: ResNets keep their streams whole
-    config = ChannelPruning(method="l1", round_to=ROUND_TO, residual_stream=streams)
+    inner = not args.arch.startswith("resnet")  # False: ResNets keep their streams whole
+    config = ChannelPruning(method="l1", round_to=ROUND_TO, residual_stream=inner)
     tables = {p: build_latency_table(model, shape, args.batch, round_to=ROUND_TO, threads=args.threads,
                                      repeats=20 if args.batch < 64 else 3, precision=p, cache_dir=work / "tables")
               for p in ("fp32", "int8")}
@@ -262,8 +262,6 @@ def main() -> None:
                     help="0.3 at batch 256: halving every inner width of ResNet-56 saves 33%% here")
     ap.add_argument("--int8-reduction", type=float, default=0.15,
                     help="halving every inner width saves 17%% of the int8 time")
-    ap.add_argument("--streams", action="store_true", help="ResNets: prune the residual streams too (through the "
-                    "zero-padding shortcuts), for cuts deeper than the inner widths allow; its own work folder")
     ap.add_argument("--candidates", type=int, default=8, help="candidates scored per step")
     ap.add_argument("--batch", type=int, default=256, help="the batch size whose time the latency variants cut")
     ap.add_argument("--epochs", type=int, default=2)
@@ -272,8 +270,7 @@ def main() -> None:
     args = ap.parse_args()
     require_shared()
     torch.set_num_threads(args.threads)
-    work = RUNS / (f"bench-latency-{args.arch}-r{args.latency_reduction:g}-b{args.batch}"
-                   + (f"-i{args.int8_reduction:g}-streams" if args.streams else ""))
+    work = RUNS / f"bench-latency-{args.arch}-r{args.latency_reduction:g}-b{args.batch}"
     work.mkdir(parents=True, exist_ok=True)
     if args.stage == "finetune" and args.variant is None:
         ap.error("--stage finetune needs --variant")
