@@ -79,6 +79,25 @@ def test_energy_and_a_macs_budget_choose_the_ranks():
     assert 0.45 <= 1 - budget.macs[1] / budget.macs[0] < 0.5 and 0 < budget.energy < 1
 
 
+def test_round_to_rounds_every_rank_up_to_a_multiple_or_the_full_rank():
+    """round_to=8: each rank the energy picks is rounded up to a multiple of 8 (capped at the layer's full rank),
+    so the thin layers suit CPU kernels' channel blocks; with a MACs budget the energy is found with the rounding."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.5).eval()
+    full = full_ranks(model)
+    plain = decompose(copy.deepcopy(model), Decomposition(energy=0.6), EXAMPLE)
+    rounded = decompose(copy.deepcopy(model), Decomposition(energy=0.6, round_to=8), EXAMPLE)
+    assert any(r % 8 for ranks in plain.ranks.values() for r in ranks)  # the rounding has something to do
+    assert rounded.ranks and all(r % 8 == 0 or r == top for name, ranks in rounded.ranks.items()
+                                 for r, top in zip(ranks, full[name], strict=True))
+    budget = decompose(copy.deepcopy(model), Decomposition(macs_reduction=0.45, round_to=8), EXAMPLE)
+    assert 1 - budget.macs[1] / budget.macs[0] >= 0.45
+    assert all(r % 8 == 0 or r == top for name, ranks in budget.ranks.items()
+               for r, top in zip(ranks, full[name], strict=True))
+    with pytest.raises(ConfigError, match="round_to"):
+        Decomposition(energy=0.9, round_to=0)
+
+
 def test_a_decomposed_model_reloads_in_a_fresh_process_and_exports_to_onnx(tmp_path):
     torch.manual_seed(0)
     result = decompose(create_model("resnet20", width=0.25).eval(), Decomposition(energy=0.8), EXAMPLE)

@@ -46,6 +46,9 @@ def add_arguments(s) -> None:
                      "share of the MACs (e.g. 0.45)")
     s.add_argument("--skip", action="append", default=[], metavar="REGEX", help="leave these layers alone "
                    "(repeatable), e.g. conv1 or linear")
+    s.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="round each rank up to a multiple of N: ONNX Runtime's CPU convs work on blocks of 8 or 16 "
+                   "channels, and odd ranks fall off them (default 1: no rounding)")
     s.add_argument("--finetune-epochs", type=int, default=0)
     add_distill_args(s, kinds=True)
     s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)")
@@ -63,7 +66,8 @@ def run(args) -> int:
     if args.distill and args.finetune_epochs == 0:
         raise ConfigError("--distill changes how the model is fine-tuned; give --finetune-epochs too")
     latency = [] if args.latency_batches == "none" else int_list(args.latency_batches, "--latency-batches")
-    config = Decomposition(energy=args.energy, macs_reduction=args.macs_reduction, skip=tuple(args.skip))
+    config = Decomposition(energy=args.energy, macs_reduction=args.macs_reduction, skip=tuple(args.skip),
+                           round_to=args.round_to)
     say = Progress(args.quiet)
     start_run(args, NAME, ("latency_batches", "latency_repeats"), say=say)
     job = prepare(args, say)

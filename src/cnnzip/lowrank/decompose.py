@@ -40,6 +40,7 @@ class Decomposition:
     macs_reduction: float | None = None
     ranks: dict[str, tuple[int, ...]] | None = None
     skip: tuple[str, ...] = ()
+    round_to: int = 1  # energy ranks rounded up to a multiple: CPU conv kernels work on blocks of 8 or 16 channels
 
     def __post_init__(self) -> None:
         given = [x is not None for x in (self.energy, self.macs_reduction, self.ranks)]
@@ -50,6 +51,8 @@ class Decomposition:
                               f"{self.energy}")
         if self.macs_reduction is not None and not 0 < self.macs_reduction < 1:
             raise ConfigError(f"macs_reduction must be in (0, 1), e.g. 0.45; got {self.macs_reduction}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be a whole number of channels >= 1; got {self.round_to!r}")
         object.__setattr__(self, "skip", tuple(self.skip))
 
 
@@ -87,8 +90,8 @@ class _Layer:
     def max_ranks(self) -> tuple[int, ...]:
         return tuple(len(s) for _, s, _ in self.svds)
 
-    def ranks_at(self, energy: float) -> tuple[int, ...]:
-        return tuple(energy_rank(s, energy) for _, s, _ in self.svds)
+    def ranks_at(self, energy: float, round_to: int = 1) -> tuple[int, ...]:
+        return tuple(min(len(s), -(-energy_rank(s, energy) // round_to) * round_to) for _, s, _ in self.svds)
 
     def macs(self, ranks: tuple[int, ...] | None = None) -> int:
         m = self.module
@@ -196,10 +199,11 @@ def decompose(model: nn.Module, config: Decomposition, example_input: torch.Tens
             chosen[name] = ranks
     else:
         if config.macs_reduction is not None:
-            energy = _energy_for(layers, count_macs(model, tuple(example_input.shape[1:])), config.macs_reduction)
+            energy = _energy_for(layers, count_macs(model, tuple(example_input.shape[1:])), config.macs_reduction,
+                                 config.round_to)
         chosen = {}
         for layer in layers:
-            ranks = layer.ranks_at(energy)
+            ranks = layer.ranks_at(energy, config.round_to)
             if layer.macs(ranks) < layer.macs():
                 chosen[layer.name] = ranks
             else:
@@ -220,12 +224,12 @@ def decompose(model: nn.Module, config: Decomposition, example_input: torch.Tens
                            energy, left)
 
 
-def _energy_for(layers: list[_Layer], total: int, reduction: float) -> float:
+def _energy_for(layers: list[_Layer], total: int, reduction: float, round_to: int = 1) -> float:
     """The largest energy whose factored layers remove at least `reduction` of `total` MACs (bisection)."""
     def saved(energy: float) -> int:
         out = 0
         for layer in layers:
-            ranks = layer.ranks_at(energy)
+            ranks = layer.ranks_at(energy, round_to)
             out += max(layer.macs() - layer.macs(ranks), 0)
         return out
 
