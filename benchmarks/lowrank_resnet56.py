@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=0, help="a fixed subset of the training images (0: all)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (0: none)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round-to", type=int, default=1, help="decomposition ranks rounded up to a multiple of this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, meta, ds, validator, tester, _ = quantization_setup("resnet56", 32)
@@ -53,17 +54,18 @@ def main() -> None:
     batches = Loader(train, 128, shuffle=True, augment=True, mean=meta.mean, std=meta.std, seed=0)
     recal = [x for x, _ in Loader(ds.train.subset(order[:512]), 128, shuffle=True, augment=True, mean=meta.mean,
                                   std=meta.std, seed=0)]
-    work = RUNS / "bench-lowrank" / f"m{args.macs_reduction}-e{args.energy}-ep{args.epochs}-n{args.train_images}"
+    work = RUNS / "bench-lowrank" / (f"m{args.macs_reduction}-e{args.energy}-ep{args.epochs}-n{args.train_images}"
+                                     + (f"-r{args.round_to}" if args.round_to > 1 else ""))
     work.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, *SHAPE)
     base_macs = count_macs(model, SHAPE)
 
     def build(name: str):
         if name == "decomposed, budget":
-            r = decompose(model, Decomposition(macs_reduction=args.macs_reduction), example)
+            r = decompose(model, Decomposition(macs_reduction=args.macs_reduction, round_to=args.round_to), example)
             return r.model, {"energy": r.energy, "ranks": r.ranks, "probe_error": r.error}
         if name == "decomposed, energy":
-            r = decompose(model, Decomposition(energy=args.energy), example)
+            r = decompose(model, Decomposition(energy=args.energy, round_to=args.round_to), example)
             return r.model, {"energy": r.energy, "ranks": r.ranks, "probe_error": r.error}
         r = prune_to_macs(model, ChannelPruning(method="l1", residual_stream=False), example, args.macs_reduction)
         recalibrate_batchnorm(r.model, recal, 512)
@@ -102,7 +104,7 @@ def main() -> None:
                      f"{r.get('val before fine-tune', r['val']):.2%} | {r['val']:.2%} | {r['test']:.2%} | "
                      f"{speed[1]} | {speed[256]} |")
     print("\n".join(lines))
-    save("lowrank_resnet56", {"args": vars(args), "rows": rows, "latency": latency, "table": "\n".join(lines),
+    save("lowrank_resnet56" + (f"_r{args.round_to}" if args.round_to > 1 else ""), {"args": vars(args), "rows": rows, "latency": latency, "table": "\n".join(lines),
                               "data": "CIFAR-10 JPEG; val/test = stratified halves of the test split (seed 0); "
                                       "fine-tunes on the training images (seed 0)"})
 
