@@ -247,7 +247,7 @@ def stage_report(args, work):
     save(f"latency_pruning_{args.arch}", {
         "args": vars(args), "rows": rows, "table": "\n".join(lines), "round_to": ROUND_TO, "seed": 0,
         "data": f"CIFAR-10 JPEG; candidates ranked on {RANK_IMAGES:,} test images (seed 0 permutation); "
-                f"test = the other {10000 - RANK_IMAGES:,} test images, once per final model"})
+                f"test = the other {len(test):,} test images, once per final model"})
 
 
 def main() -> None:
