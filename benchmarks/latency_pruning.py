@@ -14,6 +14,8 @@ blocks' inner channels (the option-A shortcuts keep the streams whole):
 - `latency-int8`: the same against the int8 table (the time of the file `cnnzip quantize` writes), to
   `--int8-reduction` (int8 layers are a smaller share of the int8 time: the rest, quantize/dequantize, additions,
   does not shrink with the inner widths);
+- `latency-blocks-int8`: `latency-int8` with whole residual blocks as proposals too (`remove_blocks`), to
+  `--blocks-reduction` (int8 convs at 32 x 32 take as long at half their width: the early blocks go whole);
 - `uniform`: L1 at one ratio for every layer, the ratio bisected until the *predicted* fp32 time equals the
   `latency` variant's (same latency, MACs wherever they fall); widths in steps of 8 rarely land on it exactly, so
 - `latency-at-uniform`: `latency` again, to the time predicted for `uniform` (the same latency the other way);
@@ -48,7 +50,7 @@ from cnnzip.measure import Evaluator, count_macs, count_parameters
 from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels, prune_to_latency
 from cnnzip.train import TrainConfig, recalibrate_batchnorm
 
-VARIANTS = ("latency", "latency-int8", "uniform", "latency-at-uniform", "tp", "tp-exact")
+VARIANTS = ("latency", "latency-int8", "uniform", "latency-at-uniform", "tp", "tp-exact", "latency-blocks-int8")
 ROUND_TO = 8
 RANK_IMAGES = 1000
 
@@ -131,10 +133,12 @@ def stage_prune(args, work):
         if variant.startswith("latency"):
             table = tables["int8" if variant.endswith("int8") else "fp32"]
             goal = args.int8_reduction if variant.endswith("int8") else args.latency_reduction
+            goal = args.blocks_reduction if "blocks" in variant else goal
             if variant == "latency-at-uniform":  # uniform's predicted time as the goal
                 goal = 1 - json.loads((work / "uniform" / "prune.json").read_text())["predicted_ms"]["fp32"] / table.base_ms
             result = prune_to_latency(model, config, example, goal, table.predict,
-                                      evaluate=evaluate, step=0.05, candidates=args.candidates, say=print)
+                                      evaluate=evaluate, step=0.05, candidates=args.candidates,
+                                      remove_blocks="blocks" in variant, say=print)
             pruned, notes = result.model, {**result.notes, "goal": goal}
         elif variant == "uniform":
             goal = json.loads((work / "latency" / "prune.json").read_text())["notes"]["predicted_ms"]
@@ -262,6 +266,8 @@ def main() -> None:
                     help="0.3 at batch 256: halving every inner width of ResNet-56 saves 33%% here")
     ap.add_argument("--int8-reduction", type=float, default=0.15,
                     help="halving every inner width saves 17%% of the int8 time")
+    ap.add_argument("--blocks-reduction", type=float, default=0.35,
+                    help="latency-blocks-int8's goal: 35%% less int8 time is 4x the unpruned fp32 file at b256")
     ap.add_argument("--candidates", type=int, default=8, help="candidates scored per step")
     ap.add_argument("--batch", type=int, default=256, help="the batch size whose time the latency variants cut")
     ap.add_argument("--epochs", type=int, default=2)

@@ -179,7 +179,10 @@ def test_prune_to_a_latency_target(tmp_path, capsys, digits_model, monkeypatch):
     assert report["rows"]["pruned"]["params"] < report["rows"]["original"]["params"]
     for bad, says in ((["--ratio", "0.3", "--latency-step", "0.1"], "--latency-step only apply"),
                       (["--latency-reduction", "1.5"], "--latency-reduction is the fraction"),
-                      (["--latency-reduction", "0.2", "--latency-step", "0.3"], "--latency-step must be in")):
+                      (["--latency-reduction", "0.2", "--latency-step", "0.3"], "--latency-step must be in"),
+                      (["--ratio", "0.3", "--remove-blocks"], "--remove-blocks only apply"),
+                      (["--latency-reduction", "0.2", "--remove-blocks", "--latency-eval-images", "0"],
+                       "--remove-blocks compares")):
         assert main(["prune", str(model), *bad, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err

@@ -1,3 +1,4 @@
+import copy
 import sys
 
 import numpy as np
@@ -212,6 +213,10 @@ def test_a_latency_table_times_each_layer_configuration_once_and_predicts_from_i
     expected = 10.0 + known.layer_ms("layer1.0.conv1", conv.in_channels, conv.out_channels) - 4.0
     assert known.predict(pruned) == pytest.approx(expected)
     assert known.layer_ms("layer1.0.conv1", 3, 3) == pytest.approx(2.5)  # bilinear between the four corners
+    # A removed block's layers take their full-width time with them; a layer a factorisation replaced is not modelled.
+    from cnnzip.models import remove_blocks
+    gone = remove_blocks(copy.deepcopy(model), ["layer1.0"])
+    assert known.predict(gone) == pytest.approx(10.0 - 4.0)
 
 
 def test_an_int8_latency_table_times_quantized_layers_and_is_cached_apart(tmp_path):

@@ -12,7 +12,7 @@ from torch import nn
 from cnnzip.errors import ConfigError
 from cnnzip.io import ModelMeta, layer_widths, load_model, save_model
 from cnnzip.measure import count_macs, count_parameters
-from cnnzip.models import create_model, list_models
+from cnnzip.models import RemovedBlock, create_model, list_models
 from cnnzip.prune import (
     ChannelPruning,
     SparsityHook,
@@ -603,6 +603,29 @@ def test_prune_to_latency_follows_measured_accuracy():
     assert latency(result.model) <= 0.8 * latency(model) + 1e-9
     assert result.notes["evaluations"] == len(seen) - 1 > 0  # the first call measures the unpruned model
     assert all(len(list(c.parameters())) == len(list(model.parameters())) for c in seen)
+
+
+def test_prune_to_latency_removes_a_whole_block_where_its_width_costs_more_than_its_depth():
+    """With remove_blocks, a block is a proposal too: where narrowing any first-stage layer costs accuracy and one
+    first-stage block can go for little, that block goes whole, its layers' time with it; the rest is verified."""
+    model = _randomise_bn(create_model("resnet20"))
+    latency = _weighted_macs({"layer1.1.conv1": 4.0, "layer1.1.conv2": 4.0})
+
+    def evaluate(candidate):  # every inner width matters, and layer1.1 as a whole hardly does
+        narrowed = sum(m.out_channels < {"1": 16, "2": 32, "3": 64}[n[5]] for n, m in candidate.named_modules()
+                       if n.startswith("layer") and n.endswith("conv1"))
+        others = sum(isinstance(m, RemovedBlock) for m in candidate.modules()) - isinstance(candidate.layer1[1],
+                                                                                              RemovedBlock)
+        return 0.9 - 0.1 * narrowed - 0.1 * others - 0.001 * isinstance(candidate.layer1[1], RemovedBlock)
+    result = prune_to_latency(model, ChannelPruning(round_to=8, residual_stream=False), X, 0.2, latency,
+                              evaluate=evaluate, candidates=4, remove_blocks=True)
+    assert result.notes["removed_blocks"] == ["layer1.1"]
+    assert isinstance(result.model.layer1[1], RemovedBlock)
+    assert latency(result.model) <= 0.8 * latency(model) + 1e-9
+    assert result.notes["predicted_ms"] == pytest.approx(latency(result.model))
+    assert result.model(X).shape == (1, 10)
+    with pytest.raises(ConfigError, match="evaluate"):
+        prune_to_latency(model, ChannelPruning(), X, 0.2, latency, remove_blocks=True)
 
 
 def test_prune_to_latency_errors():

@@ -138,14 +138,21 @@ class LatencyTable:
                 + (1 - ti) * to * grid[i0, o1] + ti * to * grid[i1, o1])
 
     def predict(self, model: nn.Module) -> float:
-        """Milliseconds the pruned `model` (same layer names, narrower) should take at this batch size."""
+        """Milliseconds the pruned `model` (same layer names, narrower; some residual blocks perhaps removed) should
+        take at this batch size."""
+        from ..models import RemovedBlock
+
         modules = dict(model.named_modules())
+        removed = [f"{n}." for n, m in modules.items() if isinstance(m, RemovedBlock)]
         total = self.base_ms
         for name, key in self.layers.items():
             m = modules.get(name)
             full = json.loads(key)
+            if m is None and name.startswith(tuple(removed)):
+                total -= self.layer_ms(name, full["cin"], full["cout"])  # its block was removed: its time goes
+                continue  # (the block's addition is not modelled: a removal saves a little more than predicted)
             if m is None or not isinstance(m, (nn.Conv2d, nn.Linear)):
-                continue  # a layer a factorisation or block removal replaced: not modelled
+                continue  # a layer a factorisation replaced: not modelled
             cin, cout = _widths(m)
             total += self.layer_ms(name, cin, cout) - self.layer_ms(name, full["cin"], full["cout"])
         return total
