@@ -46,8 +46,8 @@ import torch
 from _common import CIFAR_JPEG, RUNS, require_shared, save
 from baseline_resnet56 import ARCHS, ensure, model_file
 from cnnzip.data import Loader, load_image_folder, train_val_split
-from cnnzip.finetune import Finetuner
 from cnnzip.distill import Distillation
+from cnnzip.finetune import Finetuner
 from cnnzip.io import atomic_write_bytes, atomic_write_text, load_model, save_model
 from cnnzip.measure import Evaluator, count_macs, count_parameters
 from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels, prune_to_latency
