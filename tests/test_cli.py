@@ -452,6 +452,44 @@ def test_misleading_or_silent_inputs_are_refused_with_the_options_name(tmp_path,
     assert f"{cnnz.stat().st_size:,}" in line
 
 
+def test_prune_to_a_latency_target_by_removing_blocks(tmp_path, capsys, monkeypatch):
+    """--remove-blocks: where the first stage's convs take as long at any width (as ONNX Runtime's int8 convs on
+    large images nearly do), only removing its blocks saves time; they go, the file reloads, the report says so.
+    The table is made deterministic (a stand-in, as in test_prune_to_a_latency_target)."""
+    import cnnzip.deploy
+    from cnnzip.data import load_digits
+    from cnnzip.deploy import LatencyTable, layer_configs
+    from cnnzip.io import ModelMeta, load_model, save_model
+    from cnnzip.models import RemovedBlock, create_model
+
+    def table(model, shape, batch_size=1, **kw):
+        configs = layer_configs(model, tuple(shape))
+        first = configs["layer1.0.conv1"].key()
+        points = {}
+        for c in configs.values():
+            grid = {(max(1, round(c.cin * f)), max(1, round(c.cout * g))) for f in (0.25, 0.5, 1) for g in (0.25, 0.5, 1)}
+            points[c.key()] = {f"{a},{b}": 100.0 if c.key() == first else a * b / 1e3 for a, b in grid}
+        base = sum(points[c.key()][f"{c.cin},{c.cout}"] for c in configs.values())
+        return LatencyTable(batch_size, 1, base, {n: c.key() for n, c in configs.items()}, points)
+
+    monkeypatch.setattr(cnnzip.deploy, "build_latency_table", table)
+    ds = load_digits()
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=ds.num_classes, in_channels=ds.in_channels, width=0.5).eval()
+    path = save_model(tmp_path / "r20.pt", model, ModelMeta(ds.mean, ds.std, (ds.in_channels, *ds.image_size)))
+    out = tmp_path / "blocks"
+    assert main(["prune", str(path), "--latency-reduction", "0.3", "--remove-blocks", "--latency-eval-images", "64",
+                 "--latency-candidates", "2", "--recalibrate", "64", "--latency-batches", "none", "--no-progress",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert notes["removed_blocks"] and all(b.startswith("layer1.") for b in notes["removed_blocks"])
+    assert "residual blocks after the surgery" in text
+    pruned, _ = load_model(out / "pruned.pt")
+    assert [n for n, m in pruned.named_modules() if isinstance(m, RemovedBlock)] == notes["removed_blocks"]
+    assert pruned(torch.zeros(2, ds.in_channels, *ds.image_size)).shape == (2, ds.num_classes)
+
+
 def test_prune_residual_streams_unless_inner_only(tmp_path, capsys):
     """A ResNet with zero-padding shortcuts: its streams narrow by default, and keep their width with --inner-only."""
     from cnnzip.data import load_digits
