@@ -133,6 +133,9 @@ def stage_prune(args, work):
         if out.exists():
             continue
         if variant.endswith("-kd"):  # the pruned model of the variant it names, trained otherwise
+            if not (work / variant[:-3] / "pruned.pt").exists():
+                raise SystemExit(f"{variant} fine-tunes {variant[:-3]}'s pruned model: prune that variant first "
+                                 f"(--variants {variant[:-3]},{variant})")
             (work / variant).mkdir(parents=True, exist_ok=True)
             for name in ("prune.json", "pruned.pt"):
                 atomic_write_bytes(work / variant / name, (work / variant[:-3] / name).read_bytes())

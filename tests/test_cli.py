@@ -182,7 +182,8 @@ def test_prune_to_a_latency_target(tmp_path, capsys, digits_model, monkeypatch):
                       (["--latency-reduction", "0.2", "--latency-step", "0.3"], "--latency-step must be in"),
                       (["--ratio", "0.3", "--remove-blocks"], "--remove-blocks only apply"),
                       (["--latency-reduction", "0.2", "--remove-blocks", "--latency-eval-images", "0"],
-                       "--remove-blocks compares")):
+                       "--remove-blocks compares"),
+                      (["--latency-reduction", "0.2", "--remove-blocks", "--val-size", "0"], "set --val-size above 0")):
         assert main(["prune", str(model), *bad, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err

@@ -612,15 +612,22 @@ def test_prune_to_latency_removes_a_whole_block_where_its_width_costs_more_than_
     latency = _weighted_macs({"layer1.1.conv1": 4.0, "layer1.1.conv2": 4.0})
 
     def evaluate(candidate):  # every inner width matters, and layer1.1 as a whole hardly does
+        for m in candidate.modules():  # as BatchNorm recalibration would: candidates are the caller's to change
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean += 1.0
         narrowed = sum(m.out_channels < {"1": 16, "2": 32, "3": 64}[n[5]] for n, m in candidate.named_modules()
                        if n.startswith("layer") and n.endswith("conv1"))
         others = sum(isinstance(m, RemovedBlock) for m in candidate.modules()) - isinstance(candidate.layer1[1],
                                                                                               RemovedBlock)
         return 0.9 - 0.1 * narrowed - 0.1 * others - 0.001 * isinstance(candidate.layer1[1], RemovedBlock)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     result = prune_to_latency(model, ChannelPruning(round_to=8, residual_stream=False), X, 0.2, latency,
                               evaluate=evaluate, candidates=4, remove_blocks=True)
     assert result.notes["removed_blocks"] == ["layer1.1"]
     assert isinstance(result.model.layer1[1], RemovedBlock)
+    assert result.widths["layer1.1.conv1"] == (16, 0)  # its inner group went with it
+    assert not any(isinstance(m, RemovedBlock) for m in model.modules())  # the original is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert latency(result.model) <= 0.8 * latency(model) + 1e-9
     assert result.notes["predicted_ms"] == pytest.approx(latency(result.model))
     assert result.model(X).shape == (1, 10)

@@ -83,8 +83,8 @@ def add_arguments(s) -> None:
                    help="with --latency-reduction: each step removes this share of the original time (default 0.05)")
     s.add_argument("--latency-candidates", type=int, default=8, metavar="K",
                    help="with --latency-reduction: per step, the K most promising layer cuts (importance removed per "
-                   "millisecond) are scored on validation images, and the best taken until they save the step "
-                   "(default 8)")
+                   "millisecond; with --remove-blocks also the K thinnest blocks per millisecond) are scored on "
+                   "validation images, and the best taken until they save the step (default 8)")
     s.add_argument("--latency-eval-images", type=int, default=1000, metavar="IMAGES",
                    help="with --latency-reduction: validation images each candidate is scored on, after "
                    "--recalibrate (default 1000; 0: rank by importance per millisecond alone, no evaluation)")
@@ -108,7 +108,7 @@ def add_arguments(s) -> None:
 
 FREE = ("latency_batches", "latency_repeats", "time_limit")
 LATENCY_ONLY = ("latency_batch", "latency_precision", "latency_step", "latency_candidates", "latency_eval_images",
-                "remove_blocks")  # they change what is measured, not the pruned model
+                "remove_blocks")  # they only mean something with --latency-reduction
 
 
 @contextlib.contextmanager
@@ -198,6 +198,10 @@ def run(args) -> int:
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)
+    if args.latency_reduction is not None and args.latency_eval_images and job.val is None:
+        raise ConfigError(("--remove-blocks compares blocks with width cuts on validation images" if args.remove_blocks
+                           else "--latency-eval-images scores candidates on validation images (0: importance alone)")
+                          + ": set --val-size above 0")
     if args.finetune_epochs > 0:
         job.distill_spec(), job.teacher()  # --distill's settings and --teacher, checked before the surgery
     test = job.evaluator(job.data.test, device="cpu")
@@ -234,7 +238,8 @@ def run(args) -> int:
         rows["pruned"] = measure(pruned, latency=False)
         validate = job.evaluator(job.val, on_device=True) if job.val is not None else None
         finetune = job.distilling(job.finetuner({"finetune": args.finetune_epochs}, evaluator=validate,
-                                                pruning=config.__dict__, removed=result.removed, blocks=blocks,
+                                                pruning=config.__dict__, removed=result.removed,
+                                                **({"blocks": blocks} if blocks else {}),
                                                 **job.distill_key()))
         say(f"fine-tuning for {args.finetune_epochs} epochs")
         finetune("finetune", pruned)

@@ -99,7 +99,8 @@ def prune_to_latency(
     `round_to`, `min_channels`, `skip` and `residual_stream`; its ratio, threshold and widths are not used.
     The result is verified against the masked original like every other pruning; its `notes` hold the
     predicted times and the number of steps and evaluations, and `removed_blocks` the blocks `remove_blocks` took
-    out (after the verified channel surgery: a removed block changes what the network computes, so fine-tune).
+    out (after the verified channel surgery: a removed block changes what the network computes, so fine-tune);
+    the groups inside a removed block have width 0 in `widths` (their channels are not in `removed`).
     """
     if not 0 < latency_reduction < 1:
         raise ConfigError(f"latency_reduction must be in (0, 1); got {latency_reduction}")
@@ -223,6 +224,9 @@ def prune_to_latency(
                           f"{', '.join(graph.excluded) or 'none'})")
     result = apply_plan(graph, plan(keep, gone))
     _remove(result.model, sorted(gone))
+    for b in gone:  # the groups inside a removed block keep no channel
+        for name in inside[b]:
+            result.widths[name] = (result.widths[name][0], 0)
     result.notes.update(base_ms=base, predicted_ms=now, latency_reduction=1 - now / base, steps=steps,
                         evaluations=evaluations, log=log, removed_blocks=sorted(gone))
     return result
