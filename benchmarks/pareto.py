@@ -43,12 +43,20 @@ SOURCES = {  # label prefix -> (glob under RUNS, the benchmark that writes it)
 
 
 def collect() -> tuple[dict[str, Path], list[str]]:
+    """The model files, each once: a benchmark may reuse another's file as a copy (lowrank's L1 twin)."""
+    import hashlib
+
     found, missing = {"unpruned": model_file("resnet56")}, []
+    seen = {hashlib.sha256(found["unpruned"].read_bytes()).hexdigest()}
     for prefix, (pattern, command) in SOURCES.items():
         paths = sorted(RUNS.glob(pattern))
         if not paths:
             missing.append(f"{prefix} (run `python benchmarks/{command}`)")
         for p in paths:
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            if digest in seen:
+                continue
+            seen.add(digest)
             name = p.parent.name if p.name in ("finetuned.pt", "model.pt") else p.stem
             found[f"{prefix}: {name}"] = p
     return found, missing
