@@ -12,7 +12,9 @@ environment with torch 2.14.1 and torchvision 0.29.1 (the pair on this machine's
 Each model (random weights, timm's default input size, batch 1) is pruned by both tools in its own process with
 one thread: L1 filter norm, 30% of the channels of every prunable layer (`ChannelPruning(method="l1",
 ratio=0.3, scope="layer")`; Torch-Pruning's `MetaPruner` with `MagnitudeImportance(p=1)`, `pruning_ratio=0.3`,
-the classifier ignored). Both results are then checked the same way, independently of either tool: the pruned
+the classifier ignored). cnnzip runs a second time with `rounding="up"` (Torch-Pruning's channel counts: keep
+floor(0.7 x channels), where cnnzip's default removes floor(0.3 x channels)) so the shares compare at equal counts;
+the time column is the default's. All results are then checked the same way, independently of either tool: the pruned
 model must compute what the original computes with the removed channels zeroed (float64, relative 1e-6), from
 the channels each tool reports it removed. Verdicts: pass; error (a clear refusal or exception, no model);
 broken (a model that fails at forward or computes something else); differs (a group holds a LayerNorm or
@@ -38,6 +40,7 @@ MODELS = [
     "hrnet_w18_small", "dpn68", "tinynet_a", "selecsls42b",
 ]
 RATIO = 0.3
+TOOLS = ("cnnzip", "cnnzip-up", "torch-pruning")  # cnnzip-up: `rounding="up"`, Torch-Pruning's channel counts
 TOLERANCE = 1e-6
 
 
@@ -58,7 +61,7 @@ def main() -> None:
 
     def both(name: str) -> dict:
         row = {}
-        for tool in ("cnnzip", "torch-pruning"):
+        for tool in TOOLS:
             started = time.perf_counter()
             try:
                 out = subprocess.run([sys.executable, __file__, "--one", f"{name},{tool}"], capture_output=True,
@@ -106,7 +109,8 @@ def run_one(name: str, tool: str) -> dict:
     before = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
     try:
-        pruned, cuts = (prune_cnnzip if tool == "cnnzip" else prune_tp)(model, x)
+        pruned, cuts = prune_tp(model, x) if tool == "torch-pruning" else prune_cnnzip(
+            model, x, "up" if tool == "cnnzip-up" else "down")
     except Exception as e:  # noqa: BLE001 - a tool's refusal or crash is its verdict
         return {"verdict": "error", "why": f"{type(e).__name__}: {str(e)[:200]}",
                 "seconds": time.perf_counter() - started}
@@ -117,7 +121,7 @@ def run_one(name: str, tool: str) -> dict:
             "removed": 1 - after / before}
 
 
-def prune_cnnzip(model, x):
+def prune_cnnzip(model, x, rounding: str = "down"):
     """cnnzip's verified surgery; the cuts it reports are read from its channel graph."""
     from cnnzip.prune import ChannelPruning, analyze, apply_plan, plan_channels
 
@@ -125,7 +129,8 @@ def prune_cnnzip(model, x):
     if not graph.groups:
         raise RuntimeError("no prunable group: " + "; ".join(f"{k}: {v}" for k, v in
                                                               list(graph.excluded.items())[:3]))
-    result = apply_plan(graph, plan_channels(graph, ChannelPruning(method="l1", ratio=RATIO, scope="layer")))
+    result = apply_plan(graph, plan_channels(graph, ChannelPruning(method="l1", ratio=RATIO, scope="layer",
+                                                                           rounding=rounding)))
     cuts = []
     for root, idxs in result.removed.items():
         cuts += [(layer, kind, mapped, type(module).__name__)
@@ -213,17 +218,19 @@ def check(original, pruned, cuts, x) -> tuple[str, float | None]:
 
 
 def table(rows: dict) -> str:
-    head = ("| model | params | cnnzip | removed | s | Torch-Pruning | removed | s | time ratio |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | params | cnnzip | removed | s | Torch-Pruning | removed | s | time ratio | cnnzip, rounding up |"
+            "\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name, row in rows.items():
         c, t = row["cnnzip"], row["torch-pruning"]
+        up = row.get("cnnzip-up", {})
+        up = f"{up['verdict']}, {_pct(up)}" if up else "-"
         params = c.get("params") or t.get("params")
         ratio = (f"{c['seconds'] / t['seconds']:.1f}x" if c.get("seconds") and t.get("seconds")
                  and t["verdict"] != "hang" else "-")
         lines.append(f"| {name} | {params / 1e6:.1f}M | {c['verdict']} | {_pct(c)} | {_s(c)} | {t['verdict']} | "
-                     f"{_pct(t)} | {_s(t)} | {ratio} |" if params else
-                     f"| {name} | - | {c['verdict']} | - | {_s(c)} | {t['verdict']} | - | {_s(t)} | {ratio} |")
+                     f"{_pct(t)} | {_s(t)} | {ratio} | {up} |" if params else
+                     f"| {name} | - | {c['verdict']} | - | {_s(c)} | {t['verdict']} | - | {_s(t)} | {ratio} | {up} |")
     return "\n".join(lines)
 
 

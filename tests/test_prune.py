@@ -422,6 +422,25 @@ def test_grouped_convolutions_lose_the_same_positions_in_every_group():
     assert result.max_error <= 1e-9
 
 
+def test_rounding_up_keeps_floor_of_the_rest_as_torch_pruning_does():
+    """0.3 of a 4-channel block is 1 channel down and 2 up; of 16 plain channels, 4 down and 5 up."""
+    model = _randomise_bn(ResNeXtBlock())
+    graph = analyze(model, X)
+    widths = {}
+    for rounding in ("down", "up"):
+        result = prune_channels(model, ChannelPruning(method="l1", ratio=0.3, scope="layer", rounding=rounding), X,
+                                graph=graph)
+        assert result.max_error <= 1e-9
+        widths[rounding] = (result.model.grouped[0].in_channels, result.model.grouped[0].groups,
+                            result.model.stem[0].out_channels)
+    assert widths == {"down": (12, 4, 12), "up": (8, 4, 11)}
+    glob = prune_channels(model, ChannelPruning(method="l1", ratio=0.3, scope="global", rounding="up"), X, graph=graph)
+    total = sum(g.size for g in graph.groups)
+    assert glob.channels_removed >= 0.3 * total - 4  # at least the ratio, but for whole blocks of the grouped conv
+    with pytest.raises(ConfigError, match="rounding"):
+        ChannelPruning(ratio=0.3, rounding="nearest")
+
+
 def test_probes_are_small_when_the_model_takes_any_size():
     """Checks run at 64x64 when the outputs keep their shape (cheaper float64 passes), else at full size."""
     big = torch.randn(1, 3, 128, 128)

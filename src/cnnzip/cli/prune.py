@@ -62,6 +62,9 @@ def add_arguments(s) -> None:
                    help="rank channels over all layers (global) or within each layer (default: global for "
                    "slimming and thresholds, per layer otherwise)")
     s.add_argument("--min-channels", type=int, default=1, help="channels every layer keeps (default 1)")
+    s.add_argument("--rounding", choices=["down", "up"], default="down",
+                   help="how --ratio becomes a channel count: down removes floor(ratio x channels), never more than "
+                   "asked (default); up keeps floor((1 - ratio) x channels), at least the ratio (Torch-Pruning's)")
     s.add_argument("--skip", action="append", default=[], metavar="REGEX",
                    help="leave layers matching this name or regex alone (repeatable)")
     s.add_argument("--round-to", type=int, default=None, metavar="N",
@@ -194,7 +197,7 @@ def run(args) -> int:
     round_to = args.round_to if args.round_to is not None else 8 if args.latency_reduction is not None else 1
     config = ChannelPruning(method=args.method, ratio=args.ratio, threshold=args.threshold, scope=args.scope,
                             min_channels=args.min_channels, skip=tuple(args.skip), seed=args.seed, round_to=round_to,
-                            residual_stream=not args.inner_only)
+                            residual_stream=not args.inner_only, rounding=args.rounding)
     say = Progress(args.quiet)
     start_run(args, NAME, FREE, say=say)
     job = prepare(args, say)

@@ -35,6 +35,10 @@ class ChannelPruning:
     - `scope`: 'global' ranks all channels together (scores divided by their group's mean, except for
       slimming, whose |gamma| are comparable as they are); 'layer' removes `ratio` of each group. 'auto' is
       global for slimming and threshold pruning, per layer otherwise.
+    - `rounding`: how a `ratio` becomes a channel count. 'down' removes floor(ratio x channels) of each layer,
+      never more than asked (the FPGM and soft-filter-pruning papers' convention; a global ranking removes the
+      nearest count); 'up' keeps floor((1 - ratio) x channels), at least the ratio (Torch-Pruning's). They differ
+      most where a grouped convolution prunes the same count from every block: 0.3 of a block of 8 is 2 down, 3 up.
     - `min_channels`: each group keeps at least this many channels.
     - `skip`: layer names or regular expressions whose groups are left alone.
     - `round_to`: every pruned group keeps a multiple of this many channels (rounded up, as Torch-Pruning's
@@ -54,6 +58,7 @@ class ChannelPruning:
     seed: int = 0
     round_to: int = 1
     residual_stream: bool = True
+    rounding: str = "down"
 
     def __post_init__(self) -> None:
         if self.method not in IMPORTANCE:
@@ -71,6 +76,8 @@ class ChannelPruning:
             raise ConfigError(f"scope must be auto, global or layer; got {self.scope!r}")
         if self.threshold is not None and self.scope == "layer":
             raise ConfigError("a threshold applies to all layers alike; use scope global or auto")
+        if self.rounding not in ("down", "up"):
+            raise ConfigError(f"rounding must be down or up; got {self.rounding!r}")
         if self.min_channels < 1:
             raise ConfigError(f"min_channels must be >= 1; got {self.min_channels}")
         if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
@@ -149,7 +156,7 @@ def _plan(graph: ChannelGraph, groups: list, scores: dict[str, torch.Tensor], co
     if config.resolved_scope == "layer":
         plan = {}
         for g in groups:
-            n = min(int(math.floor(config.ratio * units[g.name])), units[g.name] - keep_min[g.name])
+            n = min(_ratio_count(config.ratio, units[g.name], config.rounding), units[g.name] - keep_min[g.name])
             plan[g.name] = torch.argsort(scores[g.name], stable=True)[:n].tolist()
         return plan
 
@@ -168,7 +175,10 @@ def _plan(graph: ChannelGraph, groups: list, scores: dict[str, torch.Tensor], co
         chosen = [c for c in candidates if c[0] < config.threshold]
     else:
         blocks = {g.name: g.blocks for g in groups}
-        budget, chosen = int(round(config.ratio * sum(g.size for g in groups))), []
+        total = sum(g.size for g in groups)
+        up = config.rounding == "up"
+        budget = _ratio_count(config.ratio, total, "up") if up else int(round(config.ratio * total))
+        chosen = []
         for c in candidates:  # a position of a blocked group removes a channel from every block
             if budget < blocks[c[1]]:
                 continue
@@ -178,6 +188,13 @@ def _plan(graph: ChannelGraph, groups: list, scores: dict[str, torch.Tensor], co
     for _, name, i in chosen:
         plan[name].append(i)
     return plan
+
+
+def _ratio_count(ratio: float, n: int, rounding: str) -> int:
+    """Channels of `n` that `ratio` removes: floor(ratio n), or n - floor((1 - ratio) n) when rounding up."""
+    if rounding == "up":
+        return n - int(math.floor((1 - ratio) * n + 1e-9))
+    return int(math.floor(ratio * n))
 
 
 def prune_channels(

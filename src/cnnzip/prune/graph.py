@@ -489,11 +489,16 @@ def _module_tree_copy(module: nn.Module, tensors: dict[int, torch.Tensor], memo:
     walks every attribute of every module; the trials it serves are verified against the original anyway."""
     if id(module) in memo:
         return memo[id(module)]
-    new = copy.copy(module)  # a new object with a shallow copy of __dict__
+    cls = type(module)
+    if any("__slots__" in vars(c) for c in cls.__mro__[:-1]):
+        new = copy.copy(module)
+    else:  # what copy.copy does for a plain object (a new object, a shallow copy of __dict__), without its detours
+        new = object.__new__(cls)
+        new.__dict__.update(module.__dict__)
     memo[id(module)] = new
     for name in _MODULE_DICTS:
         if name in module.__dict__:
-            new.__dict__[name] = copy.copy(module.__dict__[name])
+            new.__dict__[name] = module.__dict__[name].copy()
     for k, p in module._parameters.items():
         new._parameters[k] = None if p is None else tensors.get(id(p), p)
     for k, b in module._buffers.items():
@@ -536,6 +541,8 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     if large:  # one float64 copy for every trial below, dropped after them
         graph._reference = _float64_copy(graph.model)
     try:
+        if suspicious and trusted and trial(trusted + list(suspicious)) is None:
+            return  # all pass together: one surgery (the common case) instead of one per set
         failed.update(find_failing(trusted, trial))
         # Groups coupled through unfamiliar operations are tried together too, and bisected only when that
         # fails: a model of such groups (ConvNeXt's permutes, EfficientNet's squeeze-excite) costs a few
