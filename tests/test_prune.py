@@ -442,10 +442,10 @@ def test_rounding_up_keeps_floor_of_the_rest_as_torch_pruning_does():
 
 
 def test_probes_are_small_when_the_model_takes_any_size():
-    """Checks run at 64x64 when the outputs keep their shape (cheaper float64 passes), else at full size."""
+    """Checks run at 32x32 when the outputs keep their shape (cheaper float64 passes), else at full size."""
     big = torch.randn(1, 3, 128, 128)
     graph = analyze(_randomise_bn(create_model("resnet20", width=0.25)), big)
-    assert graph.probe.shape == (2, 3, 64, 64)
+    assert graph.probe.shape == (2, 3, 32, 32)
     fixed = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(),
                           nn.Linear(4 * 96 * 96, 5))
     graph = analyze(fixed, torch.randn(1, 3, 96, 96))
