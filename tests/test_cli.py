@@ -197,20 +197,20 @@ def test_prune_time_limit_stops_the_surgery_with_a_clear_error(tmp_path, capsys,
     from cnnzip.prune import graph
 
     model = digits_model(4)
-    real = graph.compare_outputs
+    real = graph.run_float64
 
     def slow(*a, **k):
         time.sleep(0.5)
         return real(*a, **k)
 
-    monkeypatch.setattr(graph, "compare_outputs", slow)
+    monkeypatch.setattr(graph, "run_float64", slow)
     out = tmp_path / "slow"
     args = ["prune", str(model), "--ratio", "0.5", "--latency-batches", "none", "--no-progress"]
     assert main([*args, "--time-limit", "0.2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--time-limit" in err and "Traceback" not in err and not (out / "pruned.pt").exists()
     assert main([*args, "--time-limit", "-1", "--out", str(tmp_path / "neg")]) == 2
-    monkeypatch.setattr(graph, "compare_outputs", real)
+    monkeypatch.setattr(graph, "run_float64", real)
     assert main([*args, "--round-to", "4", "--out", str(tmp_path / "r4")]) == 0
     report = __import__("json").loads((tmp_path / "r4" / "report.json").read_text())
     assert all(after % 4 == 0 for before, after in report["widths"].values() if after != before)

@@ -441,6 +441,32 @@ def test_rounding_up_keeps_floor_of_the_rest_as_torch_pruning_does():
         ChannelPruning(ratio=0.3, rounding="nearest")
 
 
+def test_find_failing_leaves_out_the_fewest_and_what_stays_passes_together():
+    from cnnzip.prune.graph import find_failing
+
+    def run(names, bad=(), clash=()):
+        trials = []
+
+        def trial(subset):
+            trials.append(list(subset))
+            hit = set(bad) & set(subset) or (set(clash) <= set(subset) and clash)
+            return f"fails: {sorted(hit)}" if hit else None
+        return find_failing(names, trial), trials
+
+    names = [f"g{i}" for i in range(20)]
+    failed, trials = run(names)
+    assert failed == {} and len(trials) == 1  # all pass together: one surgery
+    failed, trials = run(names, bad=("g3", "g17"))
+    assert set(failed) == {"g3", "g17"} and len(trials) < 20  # fewer trials than one per group
+    failed, _ = run(names, clash=("g4", "g12"))  # each passes alone, not together: one of them goes
+    assert len(failed) == 1 and set(failed) <= {"g4", "g12"}
+    failed, trials = run(names, bad=names)
+    assert set(failed) == set(names)
+    failed, trials = run(["a", "b"], bad=("b",))
+    assert failed == {"b": "fails: ['b']"} and trials == [["a", "b"], ["a"]]  # b's failure is known: not retried
+    assert find_failing(["a", "b"], lambda s: "x" if "b" in s else None, known="x") == {"b": "x"}
+
+
 def test_probes_are_small_when_the_model_takes_any_size():
     """Checks run at 32x32 when the outputs keep their shape (cheaper float64 passes), else at full size."""
     big = torch.randn(1, 3, 128, 128)

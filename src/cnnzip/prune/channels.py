@@ -243,7 +243,7 @@ def apply_plan(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
     if not surgery.exact:
         # Each group passed its own trial on probe channels; these channels, or groups together, fail.
         bad = find_failing(list(plan), lambda names: attempt(graph, {k: plan[k] for k in names}, x,
-                                                             keep=False).problem)
+                                                             keep=False).problem, known=surgery.problem)
         for name in bad:
             excluded[name] = "its surgery on these channels did not match the masked model; left untouched"
         plan = {k: v for k, v in plan.items() if k not in bad}

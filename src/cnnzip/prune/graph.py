@@ -166,6 +166,15 @@ class ChannelGraph:
                 handler(modules[name], sorted(idxs))
         return pruned
 
+    def reference(self) -> nn.Module:
+        """The model's float64 CPU copy the checks run (kept for later checks unless the model is large)."""
+        ref = self._reference
+        if ref is None:
+            ref = _float64_copy(self.model)
+            if sum(p.numel() for p in ref.parameters()) <= REFERENCE_KEPT_UP_TO:
+                self._reference = ref
+        return ref
+
     def masked_output(self, plan: dict[str, Sequence[int]], x: torch.Tensor) -> torch.Tensor:
         """What the model with `plan`'s channels zeroed computes on `x`, in float64 on the CPU.
 
@@ -173,11 +182,7 @@ class ChannelGraph:
         unless the model is large) and put back afterwards: a conv, linear or norm layer's values are copied back
         from the original (exact: float64 holds them); any other layer is swapped for a zeroed copy of itself.
         """
-        ref = self._reference
-        if ref is None:
-            ref = _float64_copy(self.model)
-            if sum(p.numel() for p in ref.parameters()) <= REFERENCE_KEPT_UP_TO:
-                self._reference = ref
+        ref = self.reference()
         modules = dict(ref.named_modules())
         swapped: dict[str, nn.Module] = {}
         edited: set[str] = set()
@@ -407,11 +412,20 @@ def check_equivalent(a: nn.Module, b: nn.Module, x: torch.Tensor, *, fresh: bool
 def compare_outputs(expected: torch.Tensor, model: nn.Module, x: torch.Tensor) -> float | None:
     """Largest difference between `expected` (float64) and `model`(x) run in float64, relative to the expected
     scale; None if `model` fails or changes the shape. `model` is converted to float64 on the CPU in place."""
+    return difference(expected, run_float64(model, x))
+
+
+def run_float64(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """`model`(x) in float64 on the CPU (the model converted in place); None if it fails."""
     with torch.no_grad():
         try:
-            got = model.cpu().double().eval()(x.detach().cpu().double())
+            return model.cpu().double().eval()(x.detach().cpu().double())
         except SURGERY_ERRORS:  # a broken surgery can fail in many ways; the caller reports it
             return None
+
+
+def difference(expected, got) -> float | None:
+    """Largest difference relative to the expected scale; None if either is not a tensor or the shapes differ."""
     if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor) or expected.shape != got.shape:
         return None
     scale = float(expected.abs().max()) or 1.0
@@ -442,15 +456,17 @@ def attempt(graph: ChannelGraph, plan: dict[str, Sequence[int]], x: torch.Tensor
     it is converted back and returned, owning all its memory. Without `keep` only the verdict is wanted.
     """
     try:
-        expected = graph.masked_output(plan, x)
-        # A throwaway trial is cut from the float64 reference (restored by now): nothing to convert.
-        pruned = graph.pruned_copy(plan, share=True, source=None if keep else graph._reference)
+        # A throwaway trial is cut from the float64 reference, so there is nothing to convert (the masked output
+        # below edits that reference in place, after the trial has run, and restores it). A failed cut costs no
+        # forward pass.
+        pruned = graph.pruned_copy(plan, share=True, source=None if keep else graph.reference())
     except ConfigError:
         raise
     except SURGERY_ERRORS as exc:  # Torch-Pruning can fail in many ways on channels it maps wrong
         return Surgery(None, None, f"surgery failed ({type(exc).__name__}: {str(exc)[:120]})")
     kept = {k: (t.dtype, t.device) for k, t in _tensors(pruned)}  # the check converts the copy in place
-    err = compare_outputs(expected, pruned, x)
+    got = run_float64(pruned, x)  # first: a copy that fails at forward needs no masked output
+    err = None if got is None else difference(graph.masked_output(plan, x), got)
     if err is None:
         return Surgery(None, None, "the pruned model fails or changes its output shape")
     problem = None if err <= TOLERANCE else f"the pruned model differs from the masked one by {err:.2e}"
@@ -544,14 +560,11 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     if large:  # one float64 copy for every trial below, dropped after them
         graph._reference = _float64_copy(graph.model)
     try:
-        if suspicious and trusted and trial(trusted + list(suspicious)) is None:
-            return  # all pass together: one surgery (the common case) instead of one per set
-        failed.update(find_failing(trusted, trial))
-        # Groups coupled through unfamiliar operations are tried together too, and bisected only when that
-        # fails: a model of such groups (ConvNeXt's permutes, EfficientNet's squeeze-excite) costs a few
-        # surgeries, not one per group.
-        for name, reason in find_failing(list(suspicious), trial).items():
-            failed[name] = f"{reason}; {suspicious[name]}"
+        # Every group is tried at once, and the set halved only where it fails: a model whose groups all pass
+        # (most; also those coupled through unfamiliar operations, as ConvNeXt's permutes and EfficientNet's
+        # squeeze-excite) costs one surgery. Groups coupled through unfamiliar operations come last.
+        for name, reason in find_failing(trusted + list(suspicious), trial).items():
+            failed[name] = f"{reason}; {suspicious[name]}" if name in suspicious else reason
     finally:
         if large:
             graph._reference = None
@@ -560,35 +573,33 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     graph.groups = [g for g in graph.groups if g.name not in failed]
 
 
-def find_failing(names: Sequence[str], trial: Callable[[list[str]], str | None]) -> dict[str, str]:
+def find_failing(names: Sequence[str], trial: Callable[[list[str]], str | None],
+                 known: str | None = None) -> dict[str, str]:
     """The names to leave out so that the rest passes `trial` together (None: passes; else the reason).
 
-    Bisection finds the failing names in few trials; when each half passes alone but not both together (the
-    names interact), names are added one at a time and those that break the set are left out.
+    Names join a set known to pass, a part at a time: a part that fails with that set is halved, and when its first
+    half joins cleanly the second is known to fail without a trial of its own. Every name kept was tried with all
+    those kept before it, so the kept names pass together; names that pass alone but not together are found too.
+    No failing name costs one trial; `known` is the reason all names failed together, when that was tried.
     """
     failed: dict[str, str] = {}
+    kept: list[str] = []
 
-    def bisect(subset: list[str]) -> None:
-        if not subset:
-            return
-        reason = trial(subset)
+    def join(part: list[str], reason: str | None) -> None:
         if reason is None:
+            reason = trial(kept + part)
+            if reason is None:
+                kept.extend(part)
+                return
+        if len(part) == 1:
+            failed[part[0]] = reason
             return
-        if len(subset) == 1:
-            failed[subset[0]] = reason
-            return
-        found = len(failed)
-        bisect(subset[: len(subset) // 2])
-        bisect(subset[len(subset) // 2:])
-        if len(failed) == found:
-            kept: list[str] = []
-            for name in subset:
-                if trial(kept + [name]) is None:
-                    kept.append(name)
-                else:
-                    failed[name] = reason
+        half, before = len(part) // 2, len(kept)
+        join(part[:half], None)
+        join(part[half:], reason if len(kept) - before == half else None)
 
-    bisect(list(names))
+    if names:
+        join(list(names), known)
     return failed
 
 
