@@ -240,17 +240,17 @@ def apply_plan(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
     x = graph.probe if graph.probe is not None else probe_input(graph.example_input)
     excluded = dict(graph.excluded)
     surgery = attempt(graph, plan, x)
-    if not surgery.exact:
+    while not surgery.exact and plan:
         # Each group passed its own trial on probe channels; these channels, or groups together, fail.
-        bad = find_failing(list(plan), lambda names: attempt(graph, {k: plan[k] for k in names}, x,
-                                                             keep=False).problem, known=surgery.problem)
+        bad = find_failing(list(plan), lambda names, p=plan: attempt(graph, {k: p[k] for k in names}, x,
+                                                                     keep=False).problem, known=surgery.problem)
         for name in bad:
             excluded[name] = "its surgery on these channels did not match the masked model; left untouched"
         plan = {k: v for k, v in plan.items() if k not in bad}
         surgery = attempt(graph, plan, x)
-        if not surgery.exact:
-            raise ModelError("channel surgery could not be verified on this model; nothing was pruned. "
-                             "Please report this model's structure.")
+    if not surgery.exact:
+        raise ModelError("channel surgery could not be verified on this model; nothing was pruned. "
+                         "Please report this model's structure.")
     widths = {g.name: (g.size, g.size - len(plan.get(g.name, []))) for g in graph.groups}
     return PruneResult(model=surgery.model, removed=plan, widths=widths, excluded=excluded, max_error=surgery.error)
 

@@ -575,31 +575,30 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
 
 def find_failing(names: Sequence[str], trial: Callable[[list[str]], str | None],
                  known: str | None = None) -> dict[str, str]:
-    """The names to leave out so that the rest passes `trial` together (None: passes; else the reason).
+    """The names that fail `trial` (None: passes; else the reason), found by halving the parts that fail.
 
-    Names join a set known to pass, a part at a time: a part that fails with that set is halved, and when its first
-    half joins cleanly the second is known to fail without a trial of its own. Every name kept was tried with all
-    those kept before it, so the kept names pass together; names that pass alone but not together are found too.
-    No failing name costs one trial; `known` is the reason all names failed together, when that was tried.
+    When a failing part's first half passes, its second half is known to fail without a trial of its own (so a
+    model with few failing groups costs few surgeries, and one with none costs one). Each trial holds only its
+    part (a smaller surgery): names that fail only together with another are found as one of the two, not
+    always the right one, so the caller checks the union. `known`: the reason all names failed together.
     """
     failed: dict[str, str] = {}
-    kept: list[str] = []
 
-    def join(part: list[str], reason: str | None) -> None:
+    def split(part: list[str], reason: str | None) -> bool:
         if reason is None:
-            reason = trial(kept + part)
+            reason = trial(part)
             if reason is None:
-                kept.extend(part)
-                return
+                return True
         if len(part) == 1:
             failed[part[0]] = reason
-            return
-        half, before = len(part) // 2, len(kept)
-        join(part[:half], None)
-        join(part[half:], reason if len(kept) - before == half else None)
+            return False
+        half = len(part) // 2
+        passes = split(part[:half], None)
+        split(part[half:], reason if passes else None)
+        return False
 
     if names:
-        join(list(names), known)
+        split(list(names), known)
     return failed
 
 
