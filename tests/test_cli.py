@@ -214,6 +214,13 @@ def test_prune_time_limit_stops_the_surgery_with_a_clear_error(tmp_path, capsys,
     assert main([*args, "--round-to", "4", "--out", str(tmp_path / "r4")]) == 0
     report = __import__("json").loads((tmp_path / "r4" / "report.json").read_text())
     assert all(after % 4 == 0 for before, after in report["widths"].values() if after != before)
+    # --rounding up keeps floor(0.7 x channels) of each layer where the default removes floor(0.3 x channels).
+    for rounding in ("down", "up"):
+        assert main([*args[:2], "--ratio", "0.3", "--rounding", rounding, "--latency-batches", "none",
+                     "--no-progress", "--out", str(tmp_path / rounding)]) == 0
+        widths = __import__("json").loads((tmp_path / rounding / "report.json").read_text())["widths"].values()
+        kept = (lambda n: n - int(0.3 * n)) if rounding == "down" else (lambda n: int(0.7 * n + 1e-9))
+        assert all(after == kept(before) for before, after in widths) and len(widths) > 1
 
 
 def test_train_with_sparsity_shrinks_gammas(tmp_path):
