@@ -2,7 +2,7 @@
 
     python benchmarks/pca_fpgm.py --arch vgg16 --width 0.25 --base-epochs 30 --epochs 15 --threads 2
     python benchmarks/pca_fpgm.py --arch alexnet --width 0.25 --base-epochs 30 --epochs 15 --threads 2
-    python benchmarks/pca_fpgm.py --arch resnet56 --epochs 4 --threads 2      # the ../shared weights
+    python benchmarks/pca_fpgm.py --arch resnet56 --epochs 4 --finetune-epochs 2 --threads 2  # ../shared weights
 
 The starting model: VGG-16 (BatchNorm, CIFAR head) or AlexNet (CIFAR) at --width, trained from scratch with
 `cnnzip train` for --base-epochs (lr 0.1, cosine, batch 128, flips and crops); ResNet-56 is the JPEG-fine-tuned
@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=0, help="train on a fixed subset (0: all 45,000)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if not 0 < args.finetune_epochs < args.epochs:
+        ap.error("--finetune-epochs must be at least 1 and below --epochs: PCA + FPGM trains the PCA network for "
+                 "the difference first")
     require_shared()
     torch.set_num_threads(args.threads)
     model, meta, base = start(args)
