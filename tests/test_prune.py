@@ -467,6 +467,24 @@ def test_find_failing_finds_the_failing_names_in_few_trials():
     assert find_failing(["a", "b"], lambda s: "x" if "b" in s else None, known="x") == {"b": "x"}
 
 
+def test_a_large_model_keeps_its_float64_reference_only_while_its_groups_are_tried(monkeypatch):
+    from cnnzip.prune import graph as graph_module
+
+    monkeypatch.setattr(graph_module, "REFERENCE_KEPT_UP_TO", 0)  # every model counts as large
+    seen = []
+    real = graph_module.attempt
+
+    def spy(graph, *a, **k):
+        seen.append(graph._reference is not None)
+        return real(graph, *a, **k)
+    monkeypatch.setattr(graph_module, "attempt", spy)
+    model = _randomise_bn(ResNeXtBlock())
+    graph = analyze(model, X)
+    assert graph.groups and seen and all(seen) and graph._reference is None
+    result = prune_channels(model, ChannelPruning(method="l1", ratio=0.5), X, graph=graph)
+    assert result.max_error <= 1e-9 and graph._reference is None
+
+
 def test_probes_are_small_when_the_model_takes_any_size():
     """Checks run at 32x32 when the outputs keep their shape (cheaper float64 passes), else at full size."""
     big = torch.randn(1, 3, 128, 128)

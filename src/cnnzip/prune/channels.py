@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError, layer_patterns
 from ..measure import count_macs
-from .graph import ChannelGraph, analyze, attempt, find_failing, probe_input
+from .graph import ChannelGraph, analyze, attempt, find_failing, holding_reference, probe_input
 from .importance import IMPORTANCE, get_importance, random_scores
 from .layers import SURGERY_ERRORS
 
@@ -242,8 +242,9 @@ def apply_plan(graph: ChannelGraph, plan: dict[str, list[int]]) -> PruneResult:
     surgery = attempt(graph, plan, x)
     while not surgery.exact and plan:
         # Each group passed its own trial on probe channels; these channels, or groups together, fail.
-        bad = find_failing(list(plan), lambda names, p=plan: attempt(graph, {k: p[k] for k in names}, x,
-                                                                     keep=False).problem, known=surgery.problem)
+        with holding_reference(graph):
+            bad = find_failing(list(plan), lambda names, p=plan: attempt(graph, {k: p[k] for k in names}, x,
+                                                                         keep=False).problem, known=surgery.problem)
         for name in bad:
             excluded[name] = "its surgery on these channels did not match the masked model; left untouched"
         plan = {k: v for k, v in plan.items() if k not in bad}

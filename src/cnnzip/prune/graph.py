@@ -15,6 +15,7 @@ import copy
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -547,6 +548,20 @@ def _tensors(model: nn.Module):
     yield from model.named_buffers()
 
 
+@contextmanager
+def holding_reference(graph: ChannelGraph):
+    """Keep one float64 copy of even a large model for the trials inside (each would convert its own), and
+    drop it after them."""
+    large = graph._reference is None and sum(p.numel() for p in graph.model.parameters()) > REFERENCE_KEPT_UP_TO
+    if large:
+        graph._reference = _float64_copy(graph.model)
+    try:
+        yield
+    finally:
+        if large:
+            graph._reference = None
+
+
 def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     """Try removing a few channels of every group; exclude the groups whose surgery is not exact."""
     x = graph.probe if graph.probe is not None else probe_input(graph.example_input)
@@ -556,18 +571,12 @@ def _verify_groups(graph: ChannelGraph, suspicious: dict[str, str]) -> None:
     def trial(names: list[str]) -> str | None:
         return attempt(graph, {n: _probe_channels(graph.group(n)) for n in names}, x, keep=False).problem
 
-    large = graph._reference is None and sum(p.numel() for p in graph.model.parameters()) > REFERENCE_KEPT_UP_TO
-    if large:  # one float64 copy for every trial below, dropped after them
-        graph._reference = _float64_copy(graph.model)
-    try:
+    with holding_reference(graph):
         # Every group is tried at once, and the set halved only where it fails: a model whose groups all pass
         # (most; also those coupled through unfamiliar operations, as ConvNeXt's permutes and EfficientNet's
         # squeeze-excite) costs one surgery. Groups coupled through unfamiliar operations come last.
         for name, reason in find_failing(trusted + list(suspicious), trial).items():
             failed[name] = f"{reason}; {suspicious[name]}" if name in suspicious else reason
-    finally:
-        if large:
-            graph._reference = None
     for name, reason in failed.items():
         graph.excluded[name] = reason
     graph.groups = [g for g in graph.groups if g.name not in failed]
