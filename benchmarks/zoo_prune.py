@@ -19,8 +19,8 @@ model must compute what the original computes with the removed channels zeroed (
 the channels each tool reports it removed. Verdicts: pass; error (a clear refusal or exception, no model);
 broken (a model that fails at forward or computes something else); differs (a group holds a LayerNorm or
 GroupNorm, which normalises over channels, so zeroing cannot say whether the cut is right); hang (no answer
-within --timeout seconds). Seconds time the pruning call, after the tool is imported (importing cnnzip takes
-about 0.3 s, Torch-Pruning 0.01 s). Writes results/zoo_prune.json.
+within --timeout seconds). Seconds time the pruning call, after the tool is imported (a fixed cost, larger
+for cnnzip). Writes results/zoo_prune.json.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
         return
     names = args.models.split(",")
 
-    def both(name: str) -> dict:
+    def row_for(name: str) -> dict:
         row = {}
         for tool in TOOLS:
             started = time.perf_counter()
@@ -76,7 +76,7 @@ def main() -> None:
         return row
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = dict(zip(names, pool.map(both, names), strict=True))
+        rows = dict(zip(names, pool.map(row_for, names), strict=True))
     sys.path.insert(0, str(Path(__file__).parent))
     from _common import RESULTS, environment, save
 

@@ -12,6 +12,7 @@ untouched. Every actual pruning is verified again in full (`channels.prune_chann
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -502,6 +503,11 @@ _MODULE_DICTS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers
                  "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
 
 
+@functools.cache
+def _has_slots(cls: type) -> bool:
+    return any("__slots__" in vars(c) for c in cls.__mro__[:-1])
+
+
 def _module_tree_copy(module: nn.Module, tensors: dict[int, torch.Tensor], memo: dict[int, nn.Module]) -> nn.Module:
     """A copy of the module tree: new module objects (with their own attribute, parameter, buffer, child and hook
     dicts) over the tensors `tensors` maps, a module reached twice copied once. Other attributes are shared:
@@ -510,7 +516,7 @@ def _module_tree_copy(module: nn.Module, tensors: dict[int, torch.Tensor], memo:
     if id(module) in memo:
         return memo[id(module)]
     cls = type(module)
-    if any("__slots__" in vars(c) for c in cls.__mro__[:-1]):
+    if _has_slots(cls):
         new = copy.copy(module)
     else:  # what copy.copy does for a plain object (a new object, a shallow copy of __dict__), without its detours
         new = object.__new__(cls)
