@@ -17,7 +17,7 @@ SHARED = REPO.parent / "shared"
 RESULTS = Path(__file__).resolve().parent / "results"
 # Checkpoints and trained models live outside the work tree, so that a later session on the same machine can
 # resume a long run: $CNNZIP_RUNS, by default ~/.cache/cnnzip/runs.
-RUNS = Path(os.environ.get("CNNZIP_RUNS", Path.home() / ".cache" / "cnnzip" / "runs"))
+RUNS = Path(os.environ.get("CNNZIP_RUNS") or Path.home() / ".cache" / "cnnzip" / "runs")  # empty: the default
 CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
 RESNET20 = SHARED / "models" / "resnet20-12fca82f.th"
 RESNET56 = SHARED / "models" / "resnet56-4bfd9763.th"
