@@ -13,6 +13,8 @@ The starting model: VGG-16 (BatchNorm, CIFAR head) or AlexNet (CIFAR) at --width
 - PCA, inherited: the same architecture from the original's weights of the channels it keeps, --epochs at lr 0.01;
 - PCA + FPGM: the PCA network trained --epochs minus --finetune-epochs from new weights, FPGM at --ratio per
   layer, then --finetune-epochs at lr 0.01 (`cnnzip.prune.mixed.mixed_prune`);
+- PCA + FPGM, inherited (variant inherit-fpgm, our option): the same from the original's weights, every
+  epoch at lr 0.01; the same architecture and parameter count as PCA + FPGM;
 - FPGM alone: FPGM on the starting model, one ratio for all layers chosen to leave the parameter count of
   PCA + FPGM (the nearest at or below it), fine-tuned --epochs at lr 0.01.
 
@@ -71,7 +73,8 @@ def main() -> None:
     ap.add_argument("--variance", type=float, default=0.999)
     ap.add_argument("--pca-images", type=int, default=2048)
     ap.add_argument("--ratio", type=float, default=0.3, help="FPGM ratio on the PCA network")
-    ap.add_argument("--variants", default="pca,inherit,pca-fpgm,fpgm")
+    ap.add_argument("--variants", default="pca,inherit,pca-fpgm,fpgm", help="any of pca, inherit, pca-fpgm, "
+                    "inherit-fpgm, fpgm (fpgm after one of the -fpgm ones)")
     ap.add_argument("--train-images", type=int, default=0, help="train on a fixed subset (0: all 45,000)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -121,21 +124,21 @@ def main() -> None:
                 plan = plan or json.loads((work / variant / "state.json").read_text())["plan"]
             continue
         started = time.perf_counter()
-        if variant in ("pca", "inherit", "pca-fpgm"):
-            fpgm = variant == "pca-fpgm"
-            config = MixedPruning(pca=pca, ratio=args.ratio if fpgm else 0, inherit=variant == "inherit",
+        if variant in ("pca", "inherit", "pca-fpgm", "inherit-fpgm"):
+            fpgm, inherit = variant.endswith("-fpgm"), variant.startswith("inherit")
+            config = MixedPruning(pca=pca, ratio=args.ratio if fpgm else 0, inherit=inherit,
                                   recalibrate=512 if fpgm else 0)
             epochs = {"pca": args.epochs - (args.finetune_epochs if fpgm else 0), "fpgm": args.finetune_epochs}
-            finetune = scratch_then_tune(epochs, work / variant) if variant != "inherit" else \
-                trainer(epochs, work / variant)
+            finetune = trainer(epochs, work / variant) if inherit else scratch_then_tune(epochs, work / variant)
             result = mixed_prune(model, config, sample, finetune, meta, work / variant, evaluator=validator,
                                  recalibration=recal if fpgm else None, training={"epochs": epochs})
             final, plan = result.model, result.plan
             row = {"dropped": result.dropped, "stages": result.stages}
         else:  # FPGM alone, at the parameter count of PCA + FPGM
-            goal = rows.get("pca-fpgm", {}).get("params")
+            goal = rows.get("pca-fpgm", rows.get("inherit-fpgm", {})).get("params")
             if goal is None:
-                raise SystemExit("run the pca-fpgm variant first: FPGM alone matches its parameter count")
+                raise SystemExit("run the pca-fpgm or inherit-fpgm variant first: FPGM alone matches its parameter "
+                                 "count")
             final = fpgm_at_params(model, goal, shape)
             recalibrate_batchnorm(final, recal, 512)
             trainer({"fpgm": args.epochs}, work / variant)("fpgm", final, tag="fpgm-alone")
@@ -153,7 +156,8 @@ def main() -> None:
     lines = ["| model | MACs | FLOPs ratio | parameters | parameter ratio | val | test | test change |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"start": f"{base} (start)", "pca": "PCA alone (new weights)", "inherit": "PCA alone (inherited weights)",
-             "pca-fpgm": f"PCA + FPGM {args.ratio}", "fpgm": "FPGM alone, same parameters"}
+             "pca-fpgm": f"PCA + FPGM {args.ratio}", "inherit-fpgm": f"PCA + FPGM {args.ratio} (inherited weights)",
+             "fpgm": "FPGM alone, same parameters"}
     for k, r in rows.items():
         lines.append(f"| {names[k]} | {r['macs'] / 1e6:.1f}M | {s['macs'] / r['macs']:.2f}x | {r['params']:,} | "
                      f"{s['params'] / r['params']:.2f}x | {r['val']:.2%} | {r['test']:.2%} | "
