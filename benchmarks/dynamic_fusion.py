@@ -22,7 +22,7 @@ model as long, the control for what the extra epochs alone give; with --scratch 
 --finetune-of from new weights instead (lr 0.1): the paper's from-scratch ablation.
 `--recalibrate N` re-estimates every trial's BatchNorm statistics on N augmented training images before it is
 judged (issue 16). Writes results/dynamic_fusion_<arch>.json (with another --iterations,
-results/dynamic_fusion_<arch>_i<N>.json).
+results/dynamic_fusion_<arch>_i<N>.json; with --distill and --recalibrate N, _kd and _rc<N> added).
 """
 
 import argparse
@@ -195,7 +195,8 @@ def main() -> None:
                 models[f"fused {name} ({kept[-1]['removed']} blocks)"] = load_model(dyn_dir / name / kept[-1]["file"])[0]
         report["latency"] = latency_table(models, (3, 32, 32), (1, 256), rounds=args.latency_rounds, repeats=10)
     print(markdown(report))
-    save(f"dynamic_fusion_{args.arch}" + ("" if args.iterations == 3 else f"_i{args.iterations}"), report)
+    save(f"dynamic_fusion_{args.arch}" + ("" if args.iterations == 3 else f"_i{args.iterations}")
+         + ("_kd" if args.distill else "") + (f"_rc{args.recalibrate}" if args.recalibrate else ""), report)
 
 
 def markdown(report: dict) -> str:
