@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cnnzip"
 
 # Lower numbers sit lower: a unit may import its own layer and the layers below it, never one above.
 LAYERS = {
-    "errors": 0, "distributed": 0,
+    "errors": 0, "distributed": 0, "layout": 0,
     "models": 1, "data": 1,
     "io": 2, "measure": 2,
     "train": 3,

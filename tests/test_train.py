@@ -282,3 +282,99 @@ def test_batchnorm_recalibration_measures_the_images_and_changes_nothing_else():
     assert recalibrate_batchnorm(nn.Sequential(nn.Linear(2, 2)), batches) == 0  # nothing to recalibrate
     with pytest.raises(ConfigError, match="at least 2 images"):
         recalibrate_batchnorm(model, [(x[:1], None)])
+
+
+class ImageBatches(Batches):
+    """The same labels as 3-channel 6x6 images: a model with convolutions trains on them."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed=seed)
+        g = torch.Generator().manual_seed(7)
+        self.x = self.x[:, :, None, None] * torch.ones(1, 1, 6, 6) + 0.3 * torch.randn(len(self.y), 3, 6, 6,
+                                                                                       generator=g)
+
+
+def _conv_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+class Flattening(nn.Module):
+    """Flattens with `.view`, as many hand-written models do: it cannot take channels_last activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(len(y), -1))
+
+
+def _layouts_seen(model):
+    """Records, at every forward call of the model's first conv, whether its input was channels_last."""
+    seen = []
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_pre_hook(lambda m, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+    return seen
+
+
+def test_image_batches_go_in_channels_last_on_the_cpu_and_change_no_weight_beyond_rounding(monkeypatch):
+    model = _conv_model()
+    seen = _layouts_seen(model)
+    cfg = TrainConfig(epochs=2, lr=0.05, seed=1)
+    evaluator = Evaluator(list(ImageBatches()))
+    fit(model, ImageBatches(), cfg, evaluator=evaluator, progress=False)
+    assert len(seen) == 1 + 2 * (len(ImageBatches()) + 1 + len(ImageBatches())) and all(seen)  # (+1: each probe)
+    assert all(p.is_contiguous() for p in model.parameters())  # weights keep the default layout
+
+    import cnnzip.measure
+    import cnnzip.train
+
+    class Default:
+        def __init__(self, model):
+            pass
+
+        def __call__(self, x):
+            return x
+
+    monkeypatch.setattr(cnnzip.train, "InputLayout", Default)
+    monkeypatch.setattr(cnnzip.measure, "InputLayout", Default)
+    reference = _conv_model()
+    seen = _layouts_seen(reference)
+    fit(reference, ImageBatches(), cfg, progress=False)
+    assert seen and not any(seen)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), name  # only the order of float sums differs
+    assert evaluator.evaluate(reference).accuracy == Evaluator(list(ImageBatches())).evaluate(reference).accuracy
+
+
+def test_a_model_that_views_its_activations_keeps_the_default_layout_and_so_do_observed_ones():
+    model = Flattening()
+    seen = _layouts_seen(model)
+    fit(model, ImageBatches(), TrainConfig(epochs=1, lr=0.05), progress=False)
+    assert Evaluator(list(ImageBatches())).evaluate(model).accuracy > 0.5
+    assert len(seen) == 2 + 2 * len(ImageBatches()) and seen.count(True) == 2  # only the two probes tried it
+
+    from torch.ao.quantization import FakeQuantize
+
+    qat = nn.Sequential(FakeQuantize(), _conv_model())  # as QAT prepares a model: observers record every batch
+    seen = _layouts_seen(qat)
+    fit(qat, ImageBatches(), TrainConfig(epochs=1, lr=0.05), progress=False)
+    assert seen and not any(seen)  # no probe: observers would count its images
+
+
+def test_a_killed_conv_run_resumes_to_identical_weights(tmp_path):
+    cfg = TrainConfig(epochs=3, lr=0.05, seed=3)
+    reference = _conv_model()
+    fit(reference, ImageBatches(seed=3), cfg, progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_conv_model(), ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=1, step=2)],
+            progress=False)
+    resumed = _conv_model()
+    fit(resumed, ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=99, step=0)], progress=False)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
