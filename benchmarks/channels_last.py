@@ -1,10 +1,11 @@
-"""Channels-last against the default layout on the CPU: why `cnnzip.layout.fast_layout` exists.
+"""Channels-last input batches against the default layout on the CPU: why `cnnzip.layout.InputLayout` exists.
 
     python benchmarks/channels_last.py --threads 1 --rounds 5
 
 For ResNet-20, ResNet-56 and MobileNetV2 (CIFAR, 10 classes, new weights, seed 0): the seconds of one SGD step
 (forward, cross-entropy, backward, update) on a batch of 128 random 32x32 images, and of one evaluation forward
-pass on a batch of 500, in NCHW (the default) and NHWC (channels_last) layout. The two layouts alternate within
+pass on a batch of 500, with the images in NCHW (the default) and in NHWC (channels_last) layout; the weights keep
+the default layout in both, as in `cnnzip.train.fit` and `Evaluator`. The two layouts alternate within
 each round (rounds rotate which goes first) and each figure is the median over rounds of the mean of --steps
 timed calls after one warm-up call; the ratio default / channels_last is what the layout saves.
 Writes results/channels_last.json.
@@ -32,7 +33,7 @@ def timed(fn, steps: int) -> float:
 
 def step_and_eval(arch: str, layout: torch.memory_format, steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = create_model(arch).to(memory_format=layout)
+    model = create_model(arch)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (128,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
