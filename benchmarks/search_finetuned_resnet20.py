@@ -10,6 +10,10 @@ command line, each command with its defaults except those named:
   fine-tuned one epoch, in three trial modes: raw (`--recalibrate 0`, the search before issue 16), recalibrated
   (the default, 512 augmented training images) and recovered (`--recover-images N --recover-distill`: each
   candidate first sees N training images, distilled from MODEL, then is recalibrated);
+- mode recovered-epoch: `search MODEL --drop 0.01 --order dc --recover-images 45000 --recover-distill
+  --finetune-epochs 0`: every trial recovers for one whole epoch, so the search decides on what one epoch makes
+  of a candidate, and the winner's file is that recovered candidate (one epoch in all, as deep-compress's). Deep
+  compression alone: the structured step failed at every ratio in the other modes on this model;
 - `deep-compress MODEL --sparsity S --finetune-epochs 1` for S on a grid: what one fine-tune epoch gives without
   the search. A user picks the sparsest file whose validation accuracy meets the same target as the search.
 
@@ -62,7 +66,7 @@ def main() -> None:
     ap.add_argument("--drop", type=float, default=0.01)
     ap.add_argument("--sparsities", default="0.5,0.6,0.7,0.8,0.9")
     ap.add_argument("--recover-images", type=int, default=5000)
-    ap.add_argument("--modes", default="raw,recalibrated,recovered")
+    ap.add_argument("--modes", default="raw,recalibrated,recovered,recovered-epoch")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     require_shared()
@@ -90,16 +94,20 @@ def main() -> None:
 
     for mode in args.modes.split(","):
         out = root / (f"search-{mode}-d{args.drop}" + (f"-r{args.recover_images}" if mode == "recovered" else ""))
-        extra = {"raw": ["--recalibrate", "0"], "recalibrated": [],
-                 "recovered": ["--recover-images", str(args.recover_images), "--recover-distill"]}[mode]
+        extra = {"raw": ["--recalibrate", "0", "--finetune-epochs", "1"], "recalibrated": ["--finetune-epochs", "1"],
+                 "recovered": ["--recover-images", str(args.recover_images), "--recover-distill", "--finetune-epochs",
+                               "1"],
+                 "recovered-epoch": ["--order", "dc", "--recover-images", "45000", "--recover-distill",
+                                     "--finetune-epochs", "0"]}[mode]
+        order = ("dc",) if mode == "recovered-epoch" else ("ns", "dc")
         started = time.perf_counter()
         if not (out / "result.json").exists():  # a killed search resumes from its trials.jsonl
-            cli("search", str(model), "--data", str(CIFAR_JPEG), "--drop", str(args.drop), "--finetune-epochs", "1",
-                *extra, "--out", str(out), "--no-progress", threads=t)
+            cli("search", str(model), "--data", str(CIFAR_JPEG), "--drop", str(args.drop), *extra, "--out", str(out),
+                "--no-progress", threads=t)
         result = json.loads((out / "result.json").read_text())
         best = result["best"]
         measured(f"search {mode}", Path(result["path"]), time.perf_counter() - started,
-                 ratios=dict(zip(("ns", "dc"), best["ratios"], strict=True)), final_val=result["final_accuracy"],
+                 ratios=dict(zip(order, best["ratios"], strict=True)), final_val=result["final_accuracy"],
                  trial_val=best["accuracy"], checks=result["cost"]["checks"],
                  search_seconds=result["cost"]["seconds"], recovery_seconds=result["cost"].get("recovery_seconds", 0))
 
