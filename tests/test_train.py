@@ -378,3 +378,58 @@ def test_a_killed_conv_run_resumes_to_identical_weights(tmp_path):
     fit(resumed, ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=99, step=0)], progress=False)
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_teacher_that_views_its_activations_still_teaches_a_channels_last_student():
+    from cnnzip.distill import Distillation
+
+    teacher = Flattening()
+    fit(teacher, ImageBatches(), TrainConfig(epochs=2, lr=0.05), progress=False)
+    student, seen = _conv_model(), []
+    seen = _layouts_seen(student)
+    fit(student, ImageBatches(), TrainConfig(epochs=1, lr=0.05), hooks=[Distillation(teacher)], progress=False)
+    assert all(seen)  # the student took channels_last batches; the teacher got them in its own layout
+
+
+class Noisy(nn.Module):
+    """Draws random numbers in every forward pass, even in eval mode (`F.dropout` defaults to training=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _conv_model()
+
+    def forward(self, x):
+        return torch.nn.functional.dropout(self.net(x), 0.2)
+
+
+def test_the_layout_probe_draws_no_random_number_so_a_resumed_run_is_identical(tmp_path):
+    cfg = TrainConfig(epochs=3, lr=0.05, seed=3)
+    reference = Noisy()
+    fit(reference, ImageBatches(seed=3), cfg, progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(Noisy(), ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=1, step=2)], progress=False)
+    resumed = Noisy()
+    fit(resumed, ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=99, step=0)], progress=False)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_channels_last_can_be_turned_off_and_any_error_of_the_probe_means_the_default_layout(monkeypatch):
+    class Asserting(nn.Module):  # as code in front of an extension kernel does
+        def __init__(self):
+            super().__init__()
+            self.net = _conv_model()
+
+        def forward(self, x):
+            assert x.is_contiguous()
+            return self.net(x)
+
+    seen = _layouts_seen(model := Asserting())
+    fit(model, ImageBatches(), TrainConfig(epochs=1, lr=0.05), progress=False)
+    assert len(seen) == len(ImageBatches()) and not any(seen)  # (the probe stopped at the assertion)
+    monkeypatch.setenv("CNNZIP_CHANNELS_LAST", "0")
+    seen = _layouts_seen(model := _conv_model())
+    fit(model, ImageBatches(), TrainConfig(epochs=1, lr=0.05), progress=False)
+    assert seen and not any(seen)
+

@@ -71,6 +71,8 @@ class TrainHook:
     - `after_step`: edit weights after the step (re-apply masks, clamp).
     - `epoch_end`: observe metrics; return True to stop training early.
     Other state that must survive a resume: implement `state_dict` / `load_state_dict` (plain data and tensors).
+    On the CPU, `inputs` and `features` may be channels_last (`cnnzip.layout`): reshape or flatten them rather
+    than `.view`, and pass inputs to another model through its own `InputLayout`.
     """
 
     features: tuple[str, ...] = ()

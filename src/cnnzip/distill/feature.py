@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..layout import InputLayout
 from ..train import TrainHook, capture_features
 
 __all__ = ["FeatureDistillation", "feature_shapes", "match_resolution", "paired_layers"]
@@ -86,6 +87,7 @@ class FeatureDistillation(TrainHook):
         if weight <= 0:
             raise ConfigError(f"the feature loss weight must be > 0; got {weight}")
         self.teacher, pairs, s_shapes, t_shapes = paired_layers(teacher, student, layers, example_input, "feature")
+        self.layout = InputLayout(self.teacher)  # the student's batches may be channels_last: does it take them?
         self.pairs, self.weight, self.features = pairs, weight, tuple(pairs)
         self.adapters = nn.ModuleDict()
         with torch.random.fork_rng():  # the same adapters every time, whatever the caller's random state
@@ -111,7 +113,7 @@ class FeatureDistillation(TrainHook):
     def loss(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
              features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         with torch.no_grad(), capture_features(self.teacher, self.pairs.values()) as taught:
-            self.teacher.to(inputs.device)(inputs)
+            self.teacher.to(inputs.device)(self.layout(inputs))
         self.adapters.to(inputs.device)
         total = logits.new_zeros((), dtype=torch.float32)
         for i, (s_name, t_name) in enumerate(self.pairs.items()):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..layout import InputLayout
 from ..train import TrainHook, capture_features
 from .feature import paired_layers
 
@@ -74,12 +75,13 @@ class RelationDistillation(TrainHook):
         if weight <= 0:
             raise ConfigError(f"the relation loss weight must be > 0; got {weight}")
         self.teacher, pairs, _, _ = paired_layers(teacher, student, layers, example_input, "relation")
+        self.layout = InputLayout(self.teacher)  # the student's batches may be channels_last: does it take them?
         self.pairs, self.kind, self.weight, self.features = pairs, kind, weight, tuple(pairs)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
              features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         with torch.no_grad(), capture_features(self.teacher, self.pairs.values()) as taught:
-            self.teacher.to(inputs.device)(inputs)
+            self.teacher.to(inputs.device)(self.layout(inputs))
         relate = rkd_loss if self.kind == "rkd" else sp_loss
         total = sum(relate(features[s], taught[t]) for s, t in self.pairs.items())
         return self.weight * total

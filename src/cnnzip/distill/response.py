@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..layout import InputLayout
 from ..train import TrainHook
 
 __all__ = ["Distillation", "distillation_loss"]
@@ -45,6 +46,7 @@ class Distillation(TrainHook):
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.layout = InputLayout(self.teacher)  # the student's batches may be channels_last: does it take them?
         self.temperature, self.alpha = temperature, alpha
         self.label_smoothing = label_smoothing  # must equal the TrainConfig's, whose cross-entropy this offsets
 
@@ -54,7 +56,7 @@ class Distillation(TrainHook):
             return None
         with torch.no_grad():
             self.teacher.to(inputs.device)
-            teacher_logits = self.teacher(inputs)
+            teacher_logits = self.teacher(self.layout(inputs))
         soft = distillation_loss(logits.float(), teacher_logits.float(), self.temperature)
         hard = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
         return self.alpha * (soft - hard)
