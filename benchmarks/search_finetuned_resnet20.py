@@ -16,6 +16,8 @@ command line, each command with its defaults except those named:
   compression alone: the structured step failed at every ratio in the other modes on this model;
 - `deep-compress MODEL --sparsity S --finetune-epochs 1` for S on a grid: what one fine-tune epoch gives without
   the search. A user picks the sparsest file whose validation accuracy meets the same target as the search.
+  With --distilled-sparsities, the same with `--distill response` (from MODEL, T 4, alpha 0.9, as the recovered
+  searches' trials learn): what distillation alone gives.
 
 Every file is evaluated on the validation split (the search's 5,000 held-out training images,
 seed 0; optimistic, the shared weights were trained on them) and once on the test split. Runs are kept under
@@ -65,6 +67,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--drop", type=float, default=0.01)
     ap.add_argument("--sparsities", default="0.5,0.6,0.7,0.8,0.9")
+    ap.add_argument("--distilled-sparsities", default="0.6,0.65", help="deep-compress rows fine-tuned with "
+                    "--distill response (as the recovered searches' trials are)")
     ap.add_argument("--recover-images", type=int, default=5000)
     ap.add_argument("--modes", default="raw,recalibrated,recovered,recovered-epoch")
     ap.add_argument("--threads", type=int, default=1)
@@ -111,15 +115,20 @@ def main() -> None:
                  trial_val=best["accuracy"], checks=result["cost"]["checks"],
                  search_seconds=result["cost"]["seconds"], recovery_seconds=result["cost"].get("recovery_seconds", 0))
 
-    for s in (float(x) for x in args.sparsities.split(",")):
-        out = root / f"deep-s{s}-ft1"
+    grid = [(float(x), False) for x in args.sparsities.split(",")] + \
+        [(float(x), True) for x in args.distilled_sparsities.split(",") if x]
+    for s, kd in grid:
+        out = root / (f"deep-s{s}-ft1" + ("-kd" if kd else ""))
         started = time.perf_counter()
         if not (out / "report.json").exists():
             cli("deep-compress", str(model), "--data", str(CIFAR_JPEG), "--sparsity", str(s), "--finetune-epochs",
-                "1", "--out", str(out), "--overwrite", "--no-progress", "--quiet", threads=t)
-        measured(f"deep-compress {s:.1f} +1 epoch", out / "model.cnnz", time.perf_counter() - started, sparsity=s)
+                "1", *(["--distill", "response"] if kd else []), "--out", str(out), "--overwrite", "--no-progress",
+                "--quiet", threads=t)
+        measured(f"deep-compress {s:g} +1 epoch" + (" KD" if kd else ""), out / "model.cnnz",
+                 time.perf_counter() - started, sparsity=s, distill=kd)
 
-    meeting = [(r["bytes"], n) for n, r in rows.items() if n.startswith("deep") and r["val"] >= target]
+    meeting = [(r["bytes"], n) for n, r in rows.items() if n.startswith("deep") and not r["distill"]
+               and r["val"] >= target]
     best_deep = min(meeting)[1] if meeting else None
     lines = ["| model | file bytes | x smaller than fp32 | val | test (once) | passes target |",
              "|---|---|---|---|---|---|",
