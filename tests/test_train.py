@@ -366,18 +366,22 @@ def test_a_model_that_views_its_activations_keeps_the_default_layout_and_so_do_o
     assert seen and not any(seen)  # no probe: observers would count its images
 
 
-def test_a_killed_conv_run_resumes_to_identical_weights(tmp_path):
+def _resumes_identically(make_model, tmp_path):
+    """Training killed mid-epoch and resumed from its checkpoint ends with an uninterrupted run's weights."""
     cfg = TrainConfig(epochs=3, lr=0.05, seed=3)
-    reference = _conv_model()
+    reference = make_model()
     fit(reference, ImageBatches(seed=3), cfg, progress=False)
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
-        fit(_conv_model(), ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=1, step=2)],
-            progress=False)
-    resumed = _conv_model()
+        fit(make_model(), ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=1, step=2)], progress=False)
+    resumed = make_model()
     fit(resumed, ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=99, step=0)], progress=False)
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_killed_conv_run_resumes_to_identical_weights(tmp_path):
+    _resumes_identically(_conv_model, tmp_path)  # (in channels_last batches)
 
 
 def test_a_teacher_that_views_its_activations_still_teaches_a_channels_last_student():
@@ -385,7 +389,7 @@ def test_a_teacher_that_views_its_activations_still_teaches_a_channels_last_stud
 
     teacher = Flattening()
     fit(teacher, ImageBatches(), TrainConfig(epochs=2, lr=0.05), progress=False)
-    student, seen = _conv_model(), []
+    student = _conv_model()
     seen = _layouts_seen(student)
     fit(student, ImageBatches(), TrainConfig(epochs=1, lr=0.05), hooks=[Distillation(teacher)], progress=False)
     assert all(seen)  # the student took channels_last batches; the teacher got them in its own layout
@@ -403,16 +407,7 @@ class Noisy(nn.Module):
 
 
 def test_the_layout_probe_draws_no_random_number_so_a_resumed_run_is_identical(tmp_path):
-    cfg = TrainConfig(epochs=3, lr=0.05, seed=3)
-    reference = Noisy()
-    fit(reference, ImageBatches(seed=3), cfg, progress=False)
-    ckpt = tmp_path / "ckpt.pt"
-    with pytest.raises(KeyboardInterrupt):
-        fit(Noisy(), ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=1, step=2)], progress=False)
-    resumed = Noisy()
-    fit(resumed, ImageBatches(seed=3), cfg, checkpoint=ckpt, hooks=[Crash(epoch=99, step=0)], progress=False)
-    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    _resumes_identically(Noisy, tmp_path)
 
 
 def test_channels_last_can_be_turned_off_and_any_error_of_the_probe_means_the_default_layout(monkeypatch):
