@@ -1,7 +1,7 @@
 """Students of the shared ResNet-56 with each distillation loss, at equal epochs (issue 18, part 3 and 4).
 
     python benchmarks/students.py --student resnet20 --epochs 15 --threads 1
-    python benchmarks/students.py --student mobilenetv2 --epochs 15 --threads 1
+    python benchmarks/students.py --student mobilenetv2 --width 0.5 --epochs 15 --threads 1
     python benchmarks/students.py --student shufflenetv2 --epochs 15 --threads 1 --losses none   # baseline only
 
 Each student is trained from scratch by `cnnzip distill` (SGD, lr 0.1, cosine, batch 128, flips and crops, seed 0,
@@ -39,6 +39,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", choices=list(LAYERS), default="resnet20")
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--width", type=float, default=1.0, help="the student's width multiplier (MobileNetV2 at 0.5 "
+                    "has ResNet-20's MACs; at 1.0 an epoch takes about 30 minutes on one thread here)")
     ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
@@ -52,13 +54,16 @@ def main() -> None:
         wanted = [k for k in wanted if k in ("none", "response")]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     rows = {}
+    student = args.student + (f"-w{args.width:g}" if args.width != 1 else "")  # (runs and files are named so)
     for name in wanted:
-        out = RUNS / "bench-students" / f"{args.student}-{name}-e{args.epochs}"
+        out = RUNS / "bench-students" / f"{student}-{name}-e{args.epochs}"
         cmd = [sys.executable, "-m", "cnnzip.cli", "distill", str(teacher), "--data", str(CIFAR_JPEG), "--student",
                args.student, "--losses", LOSSES[name], "--epochs", str(args.epochs), "--lr", "0.1", "--seed", "0",
                "--threads", str(args.threads), "--out", str(out), "--no-progress", "--quiet"]
         if name in ("feature", "relation", "all"):
             cmd += ["--distill-layers", layer]
+        if args.width != 1:
+            cmd += ["--student-width", str(args.width)]
         print(" ".join(cmd), flush=True)
         started = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -76,12 +81,12 @@ def main() -> None:
     files = {"teacher resnet56": export_onnx(load(teacher)[0], root / "teacher.fp32.onnx", (3, 32, 32))}
     for name, row in rows.items():
         model, _ = load(row["model"])
-        files[name] = export_onnx(model, root / f"{args.student}-{name}.fp32.onnx", (3, 32, 32))
+        files[name] = export_onnx(model, root / f"{student}-{name}.fp32.onnx", (3, 32, 32))
         row["file_bytes"] = os.path.getsize(row["model"])
     times = compare_onnx_latency(files, (3, 32, 32), (1, 256), rounds=args.rounds)
     for name, row in rows.items():
         row |= times[name]
-    save(f"students_{args.student}", {"student": args.student, "epochs": args.epochs, "seed": 0,
+    save(f"students_{student}", {"student": args.student, "width": args.width, "epochs": args.epochs, "seed": 0,
                                       "data": CIFAR_JPEG.name, "teacher": str(teacher),
                                       "teacher_latency": times["teacher resnet56"], "rows": rows})
 
