@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--student", choices=list(LAYERS), default="resnet20")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--width", type=float, default=1.0, help="the student's width multiplier (MobileNetV2 at 0.5 "
-                    "has ResNet-20's MACs; at 1.0 an epoch takes about 30 minutes on one thread here)")
+                    "has ResNet-20's MACs; at 1.0 an epoch takes 20-30 minutes on one thread here)")
     ap.add_argument("--losses", default=",".join(LOSSES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
