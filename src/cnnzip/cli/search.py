@@ -68,7 +68,9 @@ def add_arguments(s) -> None:
     s.add_argument("--recover-images", type=int, default=0, metavar="IMAGES",
                    help="fine-tune every candidate for one pass over this many training images (a fixed random "
                    "subset; --lr, --train-batch-size) before its accuracy is checked, so that the search judges "
-                   "what a candidate becomes after a short recovery (default 0: off; a few thousand on a CPU)")
+                   "what a candidate becomes after a short recovery (default 0: off; a few thousand on a CPU; "
+                   "at least the training split's size: one whole epoch, to judge what a fine-tune epoch makes of "
+                   "each candidate)")
     s.add_argument("--recover-distill", action="store_true", help="distil from MODEL during those recoveries "
                    "(--temperature, --alpha)")
     add_distill_args(s)
