@@ -199,6 +199,11 @@ def main() -> None:
          + ("_kd" if args.distill else "") + (f"_rc{args.recalibrate}" if args.recalibrate else ""), report)
 
 
+def first(*values):
+    """The first value that is not None (a trial that removed nothing was not fine-tuned)."""
+    return next(v for v in values if v is not None)
+
+
 def markdown(report: dict) -> str:
     """The tables of BENCHMARKS.md."""
     base = report["baseline"]
@@ -212,7 +217,8 @@ def markdown(report: dict) -> str:
             "|---|---|---|---|---|---|---|"]
     for t in dyn["trials"]:
         out.append(f"| {t['iteration'] + 1} | {t['threshold']:.4f} | {t['removed']} | {t['macs'] / 1e6:.1f}M | "
-                   f"{pct(t.get('before_finetune', t['accuracy']))} | {pct(t.get('after_finetune', t['accuracy']))} |"
+                   f"{pct(first(t.get('before_finetune'), t['accuracy']))} | "
+                   f"{pct(first(t.get('after_finetune'), t['accuracy']))} |"
                    f" {'yes' if t['passed'] else 'no'} |")
     out += ["", "| after iteration | winner | MACs | FLOPs removed | val before recovery | val after | kept: val | "
             "kept: test |", "|---|---|---|---|---|---|---|---|"]
