@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from _common import CIFAR_JPEG, REPO, RUNS, require_shared, save
+from _common import CIFAR_JPEG, REPO, RESULTS, RUNS, require_shared, save
 from baseline_resnet56 import ensure, model_file
 
 LAYERS = {"resnet20": "layer3", "mobilenetv2": "layers.12:layer3", "shufflenetv2": None}
@@ -53,8 +53,8 @@ def main() -> None:
     if layer is None:
         wanted = [k for k in wanted if k in ("none", "response")]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    rows = {}
     student = args.student + (f"-w{args.width:g}" if args.width != 1 else "")  # (runs and files are named so)
+    rows = earlier_rows(RESULTS / f"students_{student}.json", args.epochs, wanted)
     for name in wanted:
         out = RUNS / "bench-students" / f"{student}-{name}-e{args.epochs}"
         cmd = [sys.executable, "-m", "cnnzip.cli", "distill", str(teacher), "--data", str(CIFAR_JPEG), "--student",
@@ -89,6 +89,21 @@ def main() -> None:
     save(f"students_{student}", {"student": args.student, "width": args.width, "epochs": args.epochs, "seed": 0,
                                       "data": CIFAR_JPEG.name, "teacher": str(teacher),
                                       "teacher_latency": times["teacher resnet56"], "rows": rows})
+
+
+def earlier_rows(path, epochs: int, wanted: list[str]) -> dict:
+    """Rows an earlier call measured at the same epochs whose model is still on disk: kept (and timed again beside
+    the new ones), so that one loss per call does not drop the others from the results file."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("epochs") != epochs:
+        return {}
+    kept = {k: r for k, r in earlier["rows"].items() if k not in wanted and os.path.exists(r["model"])}
+    for k, r in kept.items():
+        r.setdefault("measured", earlier["environment"])
+        print(f"  {k}: kept from {path.name} ({r['measured']['date']}, commit {r['measured']['commit']})", flush=True)
+    return kept
 
 
 if __name__ == "__main__":
