@@ -33,13 +33,20 @@ from cnnzip.io import load_model
 from cnnzip.measure import Evaluator, count_macs, count_parameters
 
 LATENCY = RUNS / "bench-latency-resnet56-r0.3-b256"
-SOURCES = {  # label prefix -> (glob under RUNS, the benchmark that writes it)
-    "latency": ("bench-latency-resnet56-r0.3-b256/*/finetuned.pt", "latency_pruning.py --arch resnet56"),
-    "low-rank": ("bench-lowrank/m0.45-e0.9-ep1-n0/*.pt", "lowrank_resnet56.py --epochs 1"),
-    "low-rank r16": ("bench-lowrank/m0.45-e0.9-ep1-n0-r16/*.pt", "lowrank_resnet56.py --epochs 1 --round-to 16"),
-    "student": ("bench-students/*/model.pt", "students.py"),
-    "deep compression": ("bench-deep-resnet56/resnet56.cnnz", "deep_resnet56.py --sparsity 0.7 --epochs 2"),
+SOURCES = {  # label prefix -> (globs under RUNS, the benchmark that writes them)
+    "latency": (["bench-latency-resnet56-r0.3-b256/*/finetuned.pt"], "latency_pruning.py --arch resnet56"),
+    "low-rank": (["bench-lowrank/m0.45-e0.9-ep1-n0/*.pt"], "lowrank_resnet56.py --epochs 1"),
+    "low-rank r16": (["bench-lowrank/m0.45-e0.9-ep1-n0-r16/*.pt"], "lowrank_resnet56.py --epochs 1 --round-to 16"),
+    "dynamic": (["bench-dynamic-resnet56/*/pruned.pt", "bench-dynamic-resnet56/*/*-ft[0-9]*.pt"],
+                "dynamic_fusion.py --arch resnet56"),
+    "PCA": (["bench-pca/resnet56-*/*/pruned.pt", "bench-pca/resnet56-*/pca/pca.pt",
+             "bench-pca/resnet56-*/inherit/pca.pt"], "pca_fpgm.py --arch resnet56"),
+    "search": (["bench-search-recovery/*/*/best.cnnz"], "search_recovery.py"),
+    "compress": (["bench-compress-resnet56/*/best.cnnz"], "compress_resnet56.py --arch resnet56"),
+    "deep compression": (["bench-deep-resnet56/resnet56.cnnz"], "deep_resnet56.py --sparsity 0.7 --epochs 2"),
+    "student": (["bench-students/*/model.pt"], "students.py"),
 }
+GENERIC = ("finetuned.pt", "model.pt", "pruned.pt", "pca.pt", "best.cnnz")  # named by their folder(s)
 
 
 def collect() -> tuple[dict[str, Path], list[str]]:
@@ -48,8 +55,8 @@ def collect() -> tuple[dict[str, Path], list[str]]:
 
     found, missing = {"unpruned": model_file("resnet56")}, []
     seen = {hashlib.sha256(found["unpruned"].read_bytes()).hexdigest()}
-    for prefix, (pattern, command) in SOURCES.items():
-        paths = sorted(RUNS.glob(pattern))
+    for prefix, (patterns, command) in SOURCES.items():
+        paths = sorted(p for pattern in patterns for p in RUNS.glob(pattern))
         if not paths:
             missing.append(f"{prefix} (run `python benchmarks/{command}`)")
         for p in paths:
@@ -57,7 +64,9 @@ def collect() -> tuple[dict[str, Path], list[str]]:
             if digest in seen:
                 continue
             seen.add(digest)
-            name = p.parent.name if p.name in ("finetuned.pt", "model.pt") else p.stem
+            depth = patterns[0].count("/") - 1  # the folders below the source's own one
+            parts = p.relative_to(RUNS).parts[1:]
+            name = "/".join(parts[:-1][-depth:]) if p.name in GENERIC and depth else p.stem
             found[f"{prefix}: {name}"] = p
     return found, missing
 
@@ -68,7 +77,9 @@ def front(points: list[tuple[float, float]]) -> list[int]:
             if not any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for c2, a2 in points)]
 
 
-def chart(rows: dict[str, dict], path: Path) -> None:
+def chart(rows: dict[str, dict], path: Path, floor: float) -> None:
+    """Both fronts, drawn on the points at or above `floor` percent (the rest, in the table, would squash the
+    axis); the front is computed over every point."""
     from cnnzip.report.plots import pyplot
 
     plt = pyplot()
@@ -82,17 +93,20 @@ def chart(rows: dict[str, dict], path: Path) -> None:
                 names.append(f"{name} ({precision})")
         best = set(front(points))
         for i, ((x, y), n) in enumerate(zip(points, names, strict=True)):
+            if y < floor:
+                continue
             marker = "o" if n.endswith("(fp32)") else "^"
             ax.scatter([x], [y], marker=marker, color="tab:red" if i in best else "tab:gray", zorder=3)
             if i in best:
                 ax.annotate(n, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
-        line = sorted(points[i] for i in best)
+        line = sorted(points[i] for i in best if points[i][1] >= floor)
         ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="tab:red", alpha=0.5)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%), 9,000 CIFAR-10 test images")
         ax.grid(alpha=0.3)
-    axes[0].set_title("accuracy against size (o fp32, ^ int8; red: Pareto front)")
+    axes[0].set_title(f"accuracy against size (o fp32, ^ int8; red: Pareto front; models below {floor:g}% in the "
+                      "table only)", fontsize=9)
     axes[1].set_title("accuracy against latency")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -107,6 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chart-floor", type=float, default=70, help="draw models at or above this test accuracy (%%)")
     args = ap.parse_args()
     require_shared()
     torch.set_num_threads(args.threads)
@@ -148,7 +163,7 @@ def main() -> None:
         for precision in ("fp32", "int8"):
             for b in (1, 256):
                 r[f"{precision} ms_b{b}"] = times[f"{name} {precision}"][f"ort_ms_b{b}"]
-    chart(rows, RESULTS / "pareto_resnet56.png")
+    chart(rows, RESULTS / "pareto_resnet56.png", args.chart_floor)
     points = [(r[f"{p} kB"], r[f"test {p}"]) for r in rows.values() for p in ("fp32", "int8")]
     labels = [f"{n} {p}" for n in rows for p in ("fp32", "int8")]
     by_size = [labels[i] for i in front(points)]

@@ -64,12 +64,16 @@ def main() -> None:
             cmd += ["--distill-layers", layer]
         if args.width != 1:
             cmd += ["--student-width", str(args.width)]
-        print(" ".join(cmd), flush=True)
         started = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        if (out / "report.json").exists():  # finished (the report is written last): its test read once, kept
+            print(f"  {name}: finished in {out}", flush=True)
+        else:
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
         report = json.loads((out / "report.json").read_text())
         history = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["history"]
         rows[name] = {"losses": LOSSES[name], "wall_seconds_this_call": time.perf_counter() - started,
+                      "train_seconds": sum(h["seconds"] for h in history),
                       "student": report["rows"]["student"], "teacher": report["rows"]["teacher"],
                       "model": str(out / "model.pt"), "history": history}
         print(f"  {name}: test {report['rows']['student']['test']:.2%}", flush=True)
