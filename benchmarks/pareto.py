@@ -6,14 +6,16 @@ this machine, the Pareto front marked (issue 18).
 Collects the final models other benchmarks wrote under $CNNZIP_RUNS (each source is skipped, and named in the
 output, when its benchmark has not run here): the unpruned JPEG-fine-tuned ResNet-56 (`baseline_resnet56.py`), the
 latency-pruned variants (`latency_pruning.py --arch resnet56`), the low-rank models and their L1 twin
-(`lowrank_resnet56.py`, with and without `--round-to 16`) and the distilled students and lightweight baselines
-(`students.py`), and deep compression's `.cnnz` file (`deep_resnet56.py`: its size is the `.cnnz` file's, which
-decodes to a dense model that runs at the unpruned model's speed). Every model is measured here, the same way, in one run: exported to ONNX (fp32) and quantized to
-int8 as `cnnzip quantize` does (QDQ, per-channel weights, 512 training images to calibrate); its size is the bytes
-of each ONNX file (what is deployed); accuracy is on the 9,000 test images `latency_pruning.py` tests on (fp32 in
-PyTorch, int8 in ONNX Runtime; the other 1,000 ranked that benchmark's candidates); latency is ONNX Runtime's on 1
-thread at batch 1 and 256, all files side by side in rotating rounds. A point is on the Pareto front when no other
-file is both at least as small (or fast) and at least as accurate, and better in one. Writes
+(`lowrank_resnet56.py`, with and without `--round-to 16`), the dynamically pruned models (`dynamic_fusion.py`), the
+PCA / FPGM variants (`pca_fpgm.py --arch resnet56`), the searches' smallest files (`search_recovery.py`,
+`compress_resnet56.py`), the distilled students and lightweight baselines (`students.py`), and deep compression's
+`.cnnz` file (`deep_resnet56.py`). A `.cnnz` file's size is its own bytes; it decodes to a dense model that runs at
+the unpruned model's speed. Every model is measured here, the same way, in one run: exported to ONNX (fp32) and
+quantized to int8 as `cnnzip quantize` does (QDQ, per-channel weights, 512 training images to calibrate); its size
+is the bytes of each ONNX file (what is deployed); accuracy is on the 9,000 test images `latency_pruning.py` tests
+on (fp32 in PyTorch, int8 in ONNX Runtime; the other 1,000 ranked that benchmark's candidates); latency is ONNX
+Runtime's on 1 thread at batch 1 and 256, all files side by side in rotating rounds. A point is on the Pareto front
+when no other file is both at least as small (or fast) and at least as accurate, and better in one. Writes
 results/pareto_resnet56.json and results/pareto_resnet56.png.
 """
 
