@@ -90,9 +90,29 @@ def main() -> None:
     times = compare_onnx_latency(files, (3, 32, 32), (1, 256), rounds=args.rounds)
     for name, row in rows.items():
         row |= times[name]
+    table = markdown(student, rows, times["teacher resnet56"])
+    print(table)
     save(f"students_{student}", {"student": args.student, "width": args.width, "epochs": args.epochs, "seed": 0,
-                                      "data": CIFAR_JPEG.name, "teacher": str(teacher),
-                                      "teacher_latency": times["teacher resnet56"], "rows": rows})
+                                 "data": CIFAR_JPEG.name, "teacher": str(teacher), "table": table,
+                                 "teacher_latency": times["teacher resnet56"], "rows": rows})
+
+
+def markdown(student: str, rows: dict, teacher_latency: dict) -> str:
+    """The BENCHMARKS table: the teacher, then each loss set, its gain over the student from scratch."""
+    teacher = next(iter(rows.values()))["teacher"]
+    lines = ["| student | losses | test | vs from scratch | parameters | MACs | ORT ms, batch 1 | ORT ms, batch 256 |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| ResNet-56 (teacher) | - | {teacher['test']:.2%} | | {teacher['params']:,} | "
+             f"{teacher['macs'] / 1e6:.1f}M | {teacher_latency['ort_ms_b1']:.2f} | {teacher_latency['ort_ms_b256']:.1f} |"]
+    scratch = rows.get("none", {}).get("student", {}).get("test")
+    for name in LOSSES:
+        if name not in rows:
+            continue
+        r, s = rows[name], rows[name]["student"]
+        gain = f"{100 * (s['test'] - scratch):+.2f}" if scratch is not None and name != "none" else ""
+        lines.append(f"| {student} | {name} | {s['test']:.2%} | {gain} | {s['params']:,} | {s['macs'] / 1e6:.1f}M | "
+                     f"{r['ort_ms_b1']:.2f} | {r['ort_ms_b256']:.1f} |")
+    return "\n".join(lines)
 
 
 def earlier_rows(path, epochs: int, wanted: list[str]) -> dict:
